@@ -1,0 +1,40 @@
+# efird — everything a fresh Debian 12 machine (as root) needs goes through these targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system-deps test lint check demo bench vectors clean
+
+setup: $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml setup.py cext/build.py cext/*.c cext/*.h protocols/efird.h scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check efird tests cext scripts
+	$(BIN)/mypy
+
+## The test command (README, .ci/run): lint, types, then the whole suite.
+test: lint
+	$(BIN)/pytest -q
+
+## The demo (README): drives the variable service end to end.
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+vectors: setup
+	$(BIN)/python -m efird.abi.vectors --write protocols/vectors
+
+clean:
+	rm -rf $(VENV) build *.egg-info efird/_cext*.so

@@ -1,0 +1,1 @@
+"""The EFI data model: status codes, GUIDs, attributes, names, time, signature lists."""
