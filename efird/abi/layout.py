@@ -3,7 +3,8 @@
 construct is the schema; `struct` is the fast codec derived from it. Only the field
 kinds that C structs in efird.h use are supported: little-endian integers, byte arrays
 (GUIDs, EFI_TIME) and explicit padding. A structure may end in a flexible array
-(`tail`), which C declares as `Name[]`: it has an offset but no size.
+(`tail`), which C declares as `Name[]`: it has an offset but no size; `tail_align`
+is the alignment of its elements (2 for CHAR16).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def _field_format(sub: Any) -> tuple[str, int, int]:
         return fmt, size, size
     if isinstance(sub, cs.Bytes):
         n = sub.sizeof()
-        return f"{n}s", n, 1
-    if isinstance(sub, cs.Padding) or type(sub).__name__ == "Padded":
+        # 16-byte fields are EFI_GUID and EFI_TIME, both 4-byte aligned in C.
+        return f"{n}s", n, 4 if n == 16 else 1
+    if isinstance(sub, cs.Padded):
         n = sub.sizeof()
         return f"{n}x", n, 1
     raise TypeError(f"unsupported construct field {sub!r}")
@@ -43,7 +45,7 @@ class Layout:
         offsets: dict[str, int] = {}
         names: list[str] = []
         offset = 0
-        align = tail_align if tail else 1
+        align = 1
         for f in fields:
             sub = f.subcon if isinstance(f, cs.Renamed) else f
             piece, size, field_align = _field_format(sub)

@@ -32,7 +32,7 @@ SMM_VARIABLE_COMMUNICATE_ACCESS_VARIABLE = Layout(
     "NameSize" / U64,
     "Attributes" / U32,
     tail="Name",
-    tail_align=8,
+    tail_align=2,
 )
 SMM_VARIABLE_COMMUNICATE_GET_NEXT_VARIABLE_NAME = Layout(
     "SMM_VARIABLE_COMMUNICATE_GET_NEXT_VARIABLE_NAME",
@@ -46,7 +46,6 @@ SMM_VARIABLE_COMMUNICATE_QUERY_VARIABLE_INFO = Layout(
     "RemainingVariableStorageSize" / U64,
     "MaximumVariableSize" / U64,
     "Attributes" / U32,
-    "_pad" / cs.Padding(4),
 )
 SMM_VARIABLE_COMMUNICATE_GET_PAYLOAD_SIZE = Layout(
     "SMM_VARIABLE_COMMUNICATE_GET_PAYLOAD_SIZE",
@@ -123,24 +122,24 @@ EFIRD_TIME_ACCESS = Layout(
     "Resolution" / U32,
     "Accuracy" / U32,
     "SetsToZero" / U8,
-    "_pad" / cs.Padding(7),
+    "Reserved" / cs.Bytes(7),
 )
 EFIRD_WAKEUP_ACCESS = Layout(
     "EFIRD_WAKEUP_ACCESS",
     "Enabled" / U8,
     "Pending" / U8,
-    "_pad" / cs.Padding(6),
+    "Reserved" / cs.Bytes(6),
     "Time" / EFI_TIME,
 )
 EFIRD_MONOTONIC_COUNT = Layout(
     "EFIRD_MONOTONIC_COUNT",
     "HighCount" / U32,
-    "_pad" / cs.Padding(4),
+    "Reserved" / U32,
 )
 EFIRD_RESET_SYSTEM = Layout(
     "EFIRD_RESET_SYSTEM",
     "ResetType" / U32,
-    "_pad" / cs.Padding(4),
+    "Reserved" / U32,
     "ResetStatus" / U64,
     "DataSize" / U64,
     tail="Data",
@@ -151,7 +150,7 @@ EFIRD_GET_MEMORY_MAP = Layout(
     "MapKey" / U64,
     "DescriptorSize" / U64,
     "DescriptorVersion" / U32,
-    "_pad" / cs.Padding(4),
+    "Reserved" / U32,
     tail="MemoryMap",
 )
 EFIRD_ALLOCATE_PAGES = Layout(
@@ -175,7 +174,7 @@ EFIRD_SET_VIRTUAL_ADDRESS_MAP = Layout(
     "MemoryMapSize" / U64,
     "DescriptorSize" / U64,
     "DescriptorVersion" / U32,
-    "_pad" / cs.Padding(4),
+    "Reserved" / U32,
     tail="VirtualMap",
 )
 EFIRD_CONVERT_POINTER = Layout(
@@ -203,7 +202,7 @@ EFIRD_RUNTIME_MAP = Layout(
     "MapSize" / U64,
     "DescriptorSize" / U64,
     "DescriptorVersion" / U32,
-    "_pad" / cs.Padding(4),
+    "Reserved" / U32,
     tail="Map",
 )
 EFIRD_SETUP_DATA = Layout(

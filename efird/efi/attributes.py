@@ -25,10 +25,11 @@ AT = Attr.TIME_BASED_AUTHENTICATED_WRITE_ACCESS
 AP = Attr.APPEND_WRITE
 EA = Attr.ENHANCED_AUTHENTICATED_ACCESS
 
-# EDK2's EFI_VARIABLE_ATTRIBUTES_MASK: every defined bit except the deprecated AW.
-ATTRIBUTES_MASK = int(NV | BS | RT | HR | AT | AP | EA)
+# EDK2's EFI_VARIABLE_ATTRIBUTES_MASK (Variable.h): NV|BS|RT|HR|AT|APPEND = 0x6F. Neither the
+# deprecated AW nor ENHANCED_AUTHENTICATED_ACCESS is in it.
+ATTRIBUTES_MASK = int(NV | BS | RT | HR | AT | AP)
 # Bits that are stored with a variable (APPEND_WRITE only modifies a write).
-STORED_MASK = int(NV | BS | RT | HR | AW | AT | EA)
+STORED_MASK = int(NV | BS | RT | HR | AW | AT)
 NV_BS_RT = int(NV | BS | RT)
 BS_RT = int(BS | RT)
 

@@ -50,10 +50,9 @@ class EfiTime:
             return False
         return self.daylight & ~0x03 == 0
 
-    def ordering_key(self) -> tuple[int, int, int, int, int, int, int]:
-        """What EDK2's CompareTimeStamp compares (timezone is not part of it)."""
-        return (self.year, self.month, self.day, self.hour, self.minute, self.second,
-                self.nanosecond)
+    def ordering_key(self) -> tuple[int, int, int, int, int, int]:
+        """What EDK2's AuthServiceInternalCompareTimeStamp compares: Year to Second."""
+        return (self.year, self.month, self.day, self.hour, self.minute, self.second)
 
     def __str__(self) -> str:
         return (f"{self.year:04d}-{self.month:02d}-{self.day:02d}T"

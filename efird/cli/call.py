@@ -1,0 +1,66 @@
+"""`efird call`: the service without a transport.
+
+One hex-encoded request envelope per line on stdin, one hex-encoded response envelope
+(same length) per line on stdout, flushed per line. A request the transport would
+refuse is answered `ERR <reason>`. State carries across lines; at end of input the
+store is made durable. Running it again on the same store is a platform reset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from efird.domain import Domain
+from efird.envelope import Refusal
+from efird.store.sqlite import SqliteStore
+from efird.variables.service import Options
+
+HELP = """\
+examples:
+  # GetPayloadSize on a fresh store
+  echo 33d532ede69909429cc02d72cdd998a71000000000000000 0b000000000000000000000000000000 \\
+    | tr -d ' ' | efird call --store vm1.efivars
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "call", help="serve hex-encoded envelopes from stdin (reference for firmware authors)",
+        description=__doc__, epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, metavar="PATH",
+                   help="the domain's variable store (created if missing)")
+    p.add_argument("--require-self-signed-pk", action="store_true",
+                   help="in setup mode, accept only a PK that signed itself "
+                        "(EDK2 PcdRequireSelfSignedPk; default off, as OVMF ships)")
+    p.set_defaults(run=run)
+
+
+def serve_lines(domain: Domain, lines: TextIO, out: TextIO) -> None:
+    for raw in lines:
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            request = bytes.fromhex(text)
+        except ValueError:
+            out.write("ERR not a hex-encoded envelope\n")
+            out.flush()
+            continue
+        try:
+            response = domain.dispatcher.dispatch(request)
+            out.write(response.hex() + "\n")
+        except Refusal as refusal:
+            out.write(f"ERR {refusal.status.name}: {refusal.reason}\n")
+        out.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    store = SqliteStore(args.store)
+    domain = Domain(store, options=Options(require_self_signed_pk=args.require_self_signed_pk))
+    try:
+        serve_lines(domain, sys.stdin, sys.stdout)
+    finally:
+        domain.close()
+    return 0

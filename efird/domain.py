@@ -1,0 +1,70 @@
+"""One domain's services wired to one envelope dispatcher.
+
+`efird call` and `efird serve` both build a Domain; the transports differ, the services
+and their state do not.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from efird.efi import guid as g
+from efird.efi.status import Status
+from efird.envelope import Dispatcher, Refusal
+from efird.store.base import VariableStore
+from efird.variables.limits import Limits
+from efird.variables.policy_mmi import RESULT_OFFSET, PolicyMmiHandler
+from efird.variables.service import Options, VariableService
+from efird.variables.smm import STATUS_OFFSET, SmmVariableHandler
+
+_Q = struct.Struct("<Q")
+
+# efird's own services, defined in protocols/ and implemented by later milestones: until
+# then each answers every function with EFI_UNSUPPORTED in its ReturnStatus.
+PLANNED_SERVICES = {
+    g.EFIRD_TIME_SERVICE: "time",
+    g.EFIRD_RESET_SERVICE: "reset",
+    g.EFIRD_BOOTMEM_SERVICE: "boot-memory",
+    g.EFIRD_KEXEC_SERVICE: "kexec",
+}
+
+
+def _unsupported_service(buf: bytearray, start: int, length: int) -> None:
+    if length < 16:
+        raise Refusal(Status.BAD_BUFFER_SIZE, "payload shorter than EFIRD_SERVICE_HEADER")
+    _Q.pack_into(buf, start + 8, Status.UNSUPPORTED)
+
+
+class Domain:
+    def __init__(self, store: VariableStore, *, limits: Limits | None = None,
+                 options: Options | None = None) -> None:
+        self.store = store
+        self.variables = VariableService(store, limits, options)
+        self.dispatcher = Dispatcher()
+        d = self.dispatcher
+        d.register(g.SMM_VARIABLE_PROTOCOL, SmmVariableHandler(self.variables),
+                   status_offset=STATUS_OFFSET, name="smm-variable")
+        d.register(g.VAR_CHECK_POLICY_MMI, PolicyMmiHandler(self.variables),
+                   status_offset=RESULT_OFFSET, name="variable-policy")
+        d.register(g.EVENT_END_OF_DXE, self._event(self.variables.end_of_dxe),
+                   status_offset=None, name="end-of-dxe")
+        d.register(g.EVENT_READY_TO_BOOT, self._event(self.variables.ready_to_boot),
+                   status_offset=None, name="ready-to-boot")
+        d.register(g.EVENT_EXIT_BOOT_SERVICES, self._event(self.variables.exit_boot_services),
+                   status_offset=None, name="exit-boot-services")
+        for guid, name in PLANNED_SERVICES.items():
+            d.register(guid, _unsupported_service, status_offset=8, name=name)
+
+    @staticmethod
+    def _event(action: Callable[[], object]) -> Callable[[bytearray, int, int], None]:
+        """Phase events carry no status: the envelope comes back unchanged."""
+
+        def handle(buf: bytearray, start: int, length: int) -> None:
+            action()
+
+        return handle
+
+    def close(self) -> None:
+        self.store.sync()
+        self.store.close()

@@ -1,0 +1,85 @@
+"""The envelope: EDK2's EFI_MM_COMMUNICATE_HEADER, dispatched on its GUID.
+
+A request is copied out of guest memory exactly once (by the caller, or here when handed
+a view) and only that private copy is parsed; the response is the same buffer updated
+in place, the same length as the request, as EDK2's MM communicate does. A request that
+cannot carry a status (too short, a MessageLength past its end, an unknown GUID) is
+refused: the transport reports that without writing anything.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from efird.abi import layouts as L
+from efird.efi.guid import guid_str
+from efird.efi.status import Status
+
+log = structlog.get_logger("efird.envelope")
+
+HEADER = L.MM_COMMUNICATE_HEADER
+HEADER_SIZE = HEADER.size
+_LENGTH = struct.Struct("<Q")
+
+# handler(buffer, payload offset, MessageLength): updates buffer in place.
+Handler = Callable[[bytearray, int, int], None]
+
+
+class Refusal(Exception):
+    """The envelope cannot carry a status; the transport answers for it."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(f"{status.name}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Handler
+    status_offset: int | None  # where the handler's status lives in its payload, if any
+    name: str
+
+
+class Dispatcher:
+    """GUID -> handler. Knows nothing about what the handlers do."""
+
+    def __init__(self) -> None:
+        self._routes: dict[bytes, Route] = {}
+
+    def register(self, guid: bytes, handler: Handler, *, status_offset: int | None,
+                 name: str) -> None:
+        self._routes[bytes(guid)] = Route(handler, status_offset, name)
+
+    def dispatch(self, request: bytes | bytearray | memoryview) -> bytearray:
+        """Serve one request; returns the response (same length) or raises Refusal."""
+        buf = bytearray(request)  # the one copy: nothing below reads the caller's memory
+        if len(buf) < HEADER_SIZE:
+            raise Refusal(Status.BAD_BUFFER_SIZE,
+                          f"{len(buf)} bytes is shorter than EFI_MM_COMMUNICATE_HEADER")
+        (length,) = _LENGTH.unpack_from(buf, 16)
+        if length > len(buf) - HEADER_SIZE:
+            raise Refusal(Status.BAD_BUFFER_SIZE,
+                          f"MessageLength {length} exceeds the {len(buf) - HEADER_SIZE} bytes given")
+        route = self._routes.get(bytes(buf[:16]))
+        if route is None:
+            raise Refusal(Status.NOT_FOUND, f"no handler for GUID {guid_str(buf[:16])}")
+        original = bytes(buf)
+        try:
+            route.handler(buf, HEADER_SIZE, length)
+        except Refusal:
+            raise
+        except Exception:
+            # A bug in efird, not in the request: the guest gets DEVICE_ERROR and the
+            # request as it sent it; the daemon keeps serving.
+            log.exception("handler failed", handler=route.name)
+            buf[:] = original
+            off = route.status_offset
+            if off is None or length < off + 8:
+                raise Refusal(Status.DEVICE_ERROR, f"{route.name} handler failed") from None
+            _LENGTH.pack_into(buf, HEADER_SIZE + off, Status.DEVICE_ERROR)
+        return buf

@@ -1,0 +1,288 @@
+"""The embedded store: one SQLite file per domain, WAL mode, full sync.
+
+Why SQLite: it is in the standard library, its WAL commit is one append plus one fsync
+(a write costs O(variable), not O(store)), a crash mid-commit leaves the previous
+state intact, and readers in other processes get consistent snapshots while the daemon
+writes. On top of what SQLite guarantees, every row carries a checksum so that damage
+SQLite cannot see (a flipped bit inside a value) is reported on open instead of being
+served to the guest.
+
+A serving process takes an exclusive lock on `<store>.lock` so that two daemons never
+serve the same domain; tools that only read, or that coordinate through the daemon,
+open without it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import sqlite3
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from efird.store.base import (
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreIOError,
+    StoreLockedError,
+    VariableStore,
+)
+from efird.variables.model import Key, Variable
+
+APPLICATION_ID = int.from_bytes(b"EFId", "big")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE variables (
+    guid BLOB NOT NULL,
+    name BLOB NOT NULL,          -- UCS-2 LE without the NUL: exact for any CHAR16 name
+    attributes INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    timestamp BLOB NOT NULL,
+    signer BLOB NOT NULL,
+    checksum BLOB NOT NULL,
+    PRIMARY KEY (guid, name)
+) WITHOUT ROWID;
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    checksum BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _name_bytes(name: str) -> bytes:
+    return name.encode("utf-16-le", errors="surrogatepass")
+
+
+def _name_str(raw: bytes) -> str:
+    return "".join(chr(int.from_bytes(raw[i : i + 2], "little")) for i in range(0, len(raw), 2))
+
+
+def _checksum(*parts: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(struct.pack("<Q", len(p)))
+        h.update(p)
+    return h.digest()
+
+
+def _row_checksum(guid: bytes, name: bytes, attributes: int, data: bytes, timestamp: bytes,
+                  signer: bytes) -> bytes:
+    return _checksum(guid, name, struct.pack("<Q", attributes), data, timestamp, signer)
+
+
+def _classify(path: Path, exc: Exception) -> StoreError:
+    """Turn a sqlite3/OS failure into the StoreError the service maps to an EFI status."""
+    text = str(exc).lower()
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "disk is full" in text:
+        return StoreFullError(f"store {path}: medium full ({exc})")
+    if "locked" in text or "busy" in text:
+        return StoreLockedError(f"store {path}: locked by another process ({exc})")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return StoreCorruptError(f"store {path}: corrupt ({exc})")
+    return StoreIOError(f"store {path}: I/O failure ({exc})")
+
+
+class SqliteStore(VariableStore):
+    """One domain's non-volatile variables in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
+                 exclusive: bool = True, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.description = f"sqlite:{self.path}"
+        self._lock_fd: int | None = None
+        self._db: sqlite3.Connection | None = None
+        if exclusive:
+            self._take_owner_lock()
+        try:
+            if not self.path.exists():
+                if not create:
+                    raise StoreError(f"store {self.path} does not exist")
+                self._create()
+            self._db = self._open(busy_timeout_ms)
+            self._data_version = self._read_data_version()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening ---------------------------------------------------------------------
+    def _take_owner_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"store {self.path}: cannot open lock file {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {self.path} is in use by another efird process (pid {owner})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _create(self) -> None:
+        """Create the file whole: a half-created store never appears under the real name."""
+        tmp = self.path.with_name(f".{self.path.name}.creating.{os.getpid()}")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(tmp) + suffix).unlink(missing_ok=True)
+        try:
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.executescript(_SCHEMA)
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                db.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"store {self.path}: cannot create it: {exc}") from exc
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(tmp) + suffix).unlink(missing_ok=True)
+
+    def _open(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        if self.path.stat().st_size == 0:
+            raise StoreCorruptError(
+                f"store {self.path} is empty (0 bytes), which efird never leaves behind: "
+                "refusing to serve it as an empty store; remove it to start afresh"
+            )
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _classify(self.path, exc) from exc
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            if app_id != APPLICATION_ID:
+                raise StoreCorruptError(f"store {self.path} is not an efird store "
+                                        f"(SQLite application_id {app_id:#x})")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise StoreCorruptError(
+                    f"store {self.path} has schema version {version}; this efird reads "
+                    f"version {SCHEMA_VERSION}")
+            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreIOError(f"store {self.path}: cannot use WAL mode (got {mode})")
+            db.execute("PRAGMA synchronous = FULL")
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise StoreCorruptError(f"store {self.path} failed its integrity check: {result}")
+        except StoreError:
+            db.close()
+            raise
+        except sqlite3.Error as exc:
+            db.close()
+            raise _classify(self.path, exc) from exc
+        return db
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"store {self.path} is closed")
+        return self._db
+
+    def _read_data_version(self) -> int:
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- the interface ---------------------------------------------------------------
+    def load(self) -> Iterator[Variable]:
+        try:
+            rows = self.db.execute(
+                "SELECT guid, name, attributes, data, timestamp, signer, checksum FROM variables"
+            ).fetchall()
+            self._data_version = self._read_data_version()
+        except sqlite3.Error as exc:
+            raise _classify(self.path, exc) from exc
+        for guid, name, attributes, data, timestamp, signer, checksum in rows:
+            if _row_checksum(guid, name, attributes, data, timestamp, signer) != checksum:
+                raise StoreCorruptError(
+                    f"store {self.path}: variable {_name_str(name)!r} fails its checksum")
+            if len(guid) != 16 or len(timestamp) != 16:
+                raise StoreCorruptError(f"store {self.path}: malformed row {_name_str(name)!r}")
+            yield Variable(guid, _name_str(name), attributes, data, timestamp, signer)
+
+    def commit(self, puts: Sequence[Variable] = (), deletes: Sequence[Key] = (),
+               meta: Mapping[str, bytes] | None = None) -> None:
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for guid, name in deletes:
+                    db.execute("DELETE FROM variables WHERE guid = ? AND name = ?",
+                               (guid, _name_bytes(name)))
+                for v in puts:
+                    name = _name_bytes(v.name)
+                    db.execute(
+                        "INSERT OR REPLACE INTO variables VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (v.guid, name, v.attributes, v.data, v.timestamp, v.signer,
+                         _row_checksum(v.guid, name, v.attributes, v.data, v.timestamp,
+                                       v.signer)),
+                    )
+                for key, value in (meta or {}).items():
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+                               (key, value, _checksum(key.encode(), value)))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            self._data_version = self._read_data_version()
+        except sqlite3.Error as exc:
+            raise _classify(self.path, exc) from exc
+
+    def get_meta(self, key: str) -> bytes | None:
+        try:
+            row = self.db.execute("SELECT value, checksum FROM meta WHERE key = ?",
+                                  (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _classify(self.path, exc) from exc
+        if row is None:
+            return None
+        value, checksum = row
+        if _checksum(key.encode(), value) != checksum:
+            raise StoreCorruptError(f"store {self.path}: metadata {key!r} fails its checksum")
+        return bytes(value)
+
+    def changed_since_load(self) -> bool:
+        try:
+            return self._read_data_version() != self._data_version
+        except sqlite3.Error as exc:
+            raise _classify(self.path, exc) from exc
+
+    def sync(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(FULL)")
+        except sqlite3.Error as exc:
+            raise _classify(self.path, exc) from exc
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            finally:
+                self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

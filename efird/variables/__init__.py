@@ -1,0 +1,1 @@
+"""The UEFI variable service: rules, authentication, policy and the SMM protocol."""
