@@ -40,6 +40,7 @@ class Domain:
     def __init__(self, store: VariableStore, *, limits: Limits | None = None,
                  options: Options | None = None) -> None:
         self.store = store
+        self._closed = False
         self.variables = VariableService(store, limits, options)
         self.dispatcher = Dispatcher()
         d = self.dispatcher
@@ -66,5 +67,11 @@ class Domain:
         return handle
 
     def close(self) -> None:
-        self.store.sync()
-        self.store.close()
+        """Make the store durable and release it. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.store.sync()
+        finally:
+            self.store.close()

@@ -11,7 +11,7 @@ from efird.abi import layouts as L
 from efird.abi.layouts import VarFunction as F
 from efird.efi import guid as g
 from efird.efi.status import Status
-from efird.efi.ucs2 import encode_name
+from efird.efi.ucs2 import decode_units, encode_name
 
 _ENV = L.MM_COMMUNICATE_HEADER
 _HDR = L.SMM_VARIABLE_COMMUNICATE_HEADER
@@ -82,7 +82,7 @@ def parse_get_next(response: bytes) -> tuple[Status, bytes, str, int]:
     name = ""
     if status is Status.SUCCESS:
         at = VAR_DATA + _NEXT.size
-        name = bytes(response[at : at + name_size - 2]).decode("utf-16-le", errors="surrogatepass")
+        name = decode_units(bytes(response[at : at + name_size - 2]))
     return status, bytes(guid), name, name_size
 
 

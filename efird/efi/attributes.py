@@ -16,22 +16,24 @@ class Attr(IntFlag):
     ENHANCED_AUTHENTICATED_ACCESS = 0x80
 
 
-NV = Attr.NON_VOLATILE
-BS = Attr.BOOTSERVICE_ACCESS
-RT = Attr.RUNTIME_ACCESS
-HR = Attr.HARDWARE_ERROR_RECORD
-AW = Attr.AUTHENTICATED_WRITE_ACCESS
-AT = Attr.TIME_BASED_AUTHENTICATED_WRITE_ACCESS
-AP = Attr.APPEND_WRITE
-EA = Attr.ENHANCED_AUTHENTICATED_ACCESS
+# Plain ints, not flags: `~` on an IntFlag only flips its defined bits, and the checks
+# below are about the bits that are *not* defined.
+NV = int(Attr.NON_VOLATILE)
+BS = int(Attr.BOOTSERVICE_ACCESS)
+RT = int(Attr.RUNTIME_ACCESS)
+HR = int(Attr.HARDWARE_ERROR_RECORD)
+AW = int(Attr.AUTHENTICATED_WRITE_ACCESS)
+AT = int(Attr.TIME_BASED_AUTHENTICATED_WRITE_ACCESS)
+AP = int(Attr.APPEND_WRITE)
+EA = int(Attr.ENHANCED_AUTHENTICATED_ACCESS)
 
 # EDK2's EFI_VARIABLE_ATTRIBUTES_MASK (Variable.h): NV|BS|RT|HR|AT|APPEND = 0x6F. Neither the
 # deprecated AW nor ENHANCED_AUTHENTICATED_ACCESS is in it.
-ATTRIBUTES_MASK = int(NV | BS | RT | HR | AT | AP)
+ATTRIBUTES_MASK = NV | BS | RT | HR | AT | AP
 # Bits that are stored with a variable (APPEND_WRITE only modifies a write).
-STORED_MASK = int(NV | BS | RT | HR | AW | AT)
-NV_BS_RT = int(NV | BS | RT)
-BS_RT = int(BS | RT)
+STORED_MASK = NV | BS | RT | HR | AW | AT
+NV_BS_RT = NV | BS | RT
+BS_RT = BS | RT
 
 SHORT_NAMES = {
     "nv": NV, "bs": BS, "rt": RT, "hr": HR, "aw": AW, "at": AT, "ap": AP, "ea": EA,

@@ -12,6 +12,17 @@ def encode_name(name: str) -> bytes:
     return name.encode("utf-16-le", errors="surrogatepass") + b"\0\0"
 
 
+def decode_units(raw: bytes) -> str:
+    """CHAR16 units to a str with one character per unit (surrogates kept apart), so that
+    any name a guest can write round-trips exactly through encode_name."""
+    text = raw.decode("utf-16-le", errors="surrogatepass")
+    if len(text) * 2 != len(raw) - len(raw) % 2:
+        # a surrogate pair was joined into one character: split it back into its units
+        text = "".join(chr(int.from_bytes(raw[i : i + 2], "little"))
+                       for i in range(0, len(raw) - 1, 2))
+    return text
+
+
 def decode_name(raw: bytes) -> str | None:
     """The name in a NameSize-byte buffer, or None if it is not a valid CHAR16 string.
 
@@ -23,11 +34,7 @@ def decode_name(raw: bytes) -> str | None:
         return None
     if raw[-2:] != b"\0\0":
         return None
-    body = raw[:-2]
-    text = body.decode("utf-16-le", errors="surrogatepass")
-    if len(text) * 2 != len(body):
-        # a surrogate pair was joined into one character: keep one char per CHAR16
-        text = "".join(chr(int.from_bytes(body[i : i + 2], "little")) for i in range(0, len(body), 2))
+    text = decode_units(raw[:-2])
     if "\0" in text:
         return None
     return text
@@ -37,5 +44,5 @@ def first_string(raw: bytes) -> str | None:
     """The CHAR16 string at the start of raw, up to its first NUL; None if there is no NUL."""
     for i in range(0, len(raw) - 1, 2):
         if raw[i] == 0 and raw[i + 1] == 0:
-            return raw[:i].decode("utf-16-le", errors="surrogatepass")
+            return decode_units(raw[:i])
     return None

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from efird.efi.ucs2 import decode_units
 from efird.store.base import (
     StoreCorruptError,
     StoreError,
@@ -59,8 +60,7 @@ def _name_bytes(name: str) -> bytes:
     return name.encode("utf-16-le", errors="surrogatepass")
 
 
-def _name_str(raw: bytes) -> str:
-    return "".join(chr(int.from_bytes(raw[i : i + 2], "little")) for i in range(0, len(raw), 2))
+_name_str = decode_units
 
 
 def _checksum(*parts: bytes) -> bytes:

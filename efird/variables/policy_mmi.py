@@ -12,6 +12,7 @@ import struct
 from efird.abi import layouts as L
 from efird.abi.layouts import PolicyCommand as C
 from efird.efi.status import Status
+from efird.efi.ucs2 import decode_units
 from efird.envelope import Refusal
 from efird.variables import policy as P
 from efird.variables.service import VariableService
@@ -116,7 +117,7 @@ class PolicyMmiHandler:
         raw = bytes(buf[name_at : name_at + in_size])
         if raw[-2:] != b"\0\0":
             return Status.INVALID_PARAMETER
-        name = raw[:-2].decode("utf-16-le", errors="surrogatepass").split("\0", 1)[0]
+        name = decode_units(raw[:-2]).split("\0", 1)[0]
         found, _prio = self.policy.best_match(guid, name)
         buf[p + _INFO.offsets["OutputPolicyEntry"] : p + _INFO.size] = bytes(_ENTRY.size)
         if found is None or (lock_state and found.lock_type != P.TYPE_LOCK_ON_VAR_STATE):

@@ -13,6 +13,7 @@ import struct
 from efird.abi import layouts as L
 from efird.abi.layouts import VarFunction as F
 from efird.efi.status import Status
+from efird.efi.ucs2 import decode_units
 from efird.envelope import Refusal
 from efird.variables.service import VariableService
 
@@ -42,7 +43,7 @@ def _name_at(buf: bytearray, start: int, size: int) -> str:
     end = 0
     while raw[end] or raw[end + 1]:
         end += 2
-    return raw[:end].decode("utf-16-le", errors="surrogatepass") if end else ""
+    return decode_units(raw[:end]) if end else ""
 
 
 class SmmVariableHandler:
@@ -117,7 +118,7 @@ class SmmVariableHandler:
         end = next((i for i in range(0, len(raw), 2) if raw[i] == 0 and raw[i + 1] == 0), None)
         if max_chars == 0 or end is None:
             return Status.INVALID_PARAMETER
-        name = raw[:end].decode("utf-16-le", errors="surrogatepass")
+        name = decode_units(raw[:end])
         status, next_guid, next_name, size = self.service.get_next_variable_name(
             guid, name, name_size)
         if status is Status.SUCCESS:
