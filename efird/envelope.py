@@ -64,10 +64,11 @@ class Dispatcher:
         (length,) = _LENGTH.unpack_from(buf, 16)
         if length > len(buf) - HEADER_SIZE:
             raise Refusal(Status.BAD_BUFFER_SIZE,
-                          f"MessageLength {length} exceeds the {len(buf) - HEADER_SIZE} bytes given")
+                          f"MessageLength {length} exceeds the {len(buf) - HEADER_SIZE} "
+                          "bytes given")
         route = self._routes.get(bytes(buf[:16]))
         if route is None:
-            raise Refusal(Status.NOT_FOUND, f"no handler for GUID {guid_str(buf[:16])}")
+            raise Refusal(Status.NOT_FOUND, f"no handler for GUID {guid_str(bytes(buf[:16]))}")
         original = bytes(buf)
         try:
             route.handler(buf, HEADER_SIZE, length)

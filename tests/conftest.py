@@ -37,7 +37,8 @@ class Guest:
     def get(self, name: str, guid: bytes = VENDOR, size: int = 4096) -> c.GetResult:
         return c.parse_get_variable(self.raw(c.get_variable(guid, name, size)))
 
-    def next(self, name: str, guid: bytes = VENDOR, size: int = 512) -> tuple[Status, bytes, str, int]:
+    def next(self, name: str, guid: bytes = VENDOR,
+             size: int = 512) -> tuple[Status, bytes, str, int]:
         return c.parse_get_next(self.raw(c.get_next_variable_name(guid, name, size)))
 
     def names(self) -> list[tuple[bytes, str]]:
@@ -84,3 +85,9 @@ def reopen(domain: Domain, path: Path, **kw: object) -> Domain:
     """Close and reopen the store: what a daemon restart (a platform reset) does."""
     domain.close()
     return open_domain(path, **kw)  # type: ignore[arg-type]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from efird import log
+
+    log.configure("warning", json=False)

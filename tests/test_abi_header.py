@@ -92,7 +92,7 @@ def test_constants_match(compiled) -> None:  # type: ignore[no-untyped-def]
     assert compiled.lib.VAR_CHECK_POLICY_COMM_SIG == L.VAR_CHECK_POLICY_COMM_SIG
     from efird import _cext
 
-    assert compiled.lib.EFIRD_ABI_VERSION == _cext.lib.efird_abi_version()
+    assert _cext.lib.efird_abi_version() == compiled.lib.EFIRD_ABI_VERSION
 
 
 def test_extension_built_with_same_header() -> None:

@@ -27,7 +27,7 @@ def test_enumeration_lists_every_variable_once(guest: Guest) -> None:
     names = guest.names()
     assert len(names) == len(set(names))
     assert {n for gu, n in names if gu == VENDOR} == {f"V{i:02d}" for i in range(20)}
-    assert FIRMWARE_VARS <= {n for gu, n in names if gu == g.EFI_GLOBAL_VARIABLE}
+    assert {n for gu, n in names if gu == g.EFI_GLOBAL_VARIABLE} >= FIRMWARE_VARS
 
 
 def test_enumeration_is_stable_across_updates(guest: Guest) -> None:
@@ -52,7 +52,7 @@ def test_get_next_unknown_start_is_invalid_parameter(guest: Guest) -> None:
 
 
 def test_get_next_empty_name_ignores_guid(guest: Guest) -> None:
-    status, first_guid, first_name, _ = guest.next("", guid=b"\xaa" * 16)
+    status, _first_guid, first_name, _ = guest.next("", guid=b"\xaa" * 16)
     assert status is S.SUCCESS and first_name
 
 

@@ -67,7 +67,7 @@ class GetResult:
 
 
 def parse_get_variable(response: bytes) -> GetResult:
-    guid, data_size, name_size, attributes = _ACCESS.struct.unpack_from(response, VAR_DATA)
+    _guid, data_size, name_size, attributes = _ACCESS.struct.unpack_from(response, VAR_DATA)
     status = return_status(response)
     data = b""
     if status is Status.SUCCESS:

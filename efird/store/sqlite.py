@@ -79,7 +79,7 @@ def _row_checksum(guid: bytes, name: bytes, attributes: int, data: bytes, timest
 def _classify(path: Path, exc: Exception) -> StoreError:
     """Turn a sqlite3/OS failure into the StoreError the service maps to an EFI status."""
     text = str(exc).lower()
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "disk is full" in text:
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in text:
         return StoreFullError(f"store {path}: medium full ({exc})")
     if "locked" in text or "busy" in text:
         return StoreLockedError(f"store {path}: locked by another process ({exc})")
@@ -116,7 +116,8 @@ class SqliteStore(VariableStore):
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreError(f"store {self.path}: cannot open lock file {lock_path}: {exc}") from exc
+            raise StoreError(
+                f"store {self.path}: cannot open lock file {lock_path}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -233,11 +234,11 @@ class SqliteStore(VariableStore):
                     db.execute("DELETE FROM variables WHERE guid = ? AND name = ?",
                                (guid, _name_bytes(name)))
                 for v in puts:
-                    name = _name_bytes(v.name)
+                    raw_name = _name_bytes(v.name)
                     db.execute(
                         "INSERT OR REPLACE INTO variables VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (v.guid, name, v.attributes, v.data, v.timestamp, v.signer,
-                         _row_checksum(v.guid, name, v.attributes, v.data, v.timestamp,
+                        (v.guid, raw_name, v.attributes, v.data, v.timestamp, v.signer,
+                         _row_checksum(v.guid, raw_name, v.attributes, v.data, v.timestamp,
                                        v.signer)),
                     )
                 for key, value in (meta or {}).items():

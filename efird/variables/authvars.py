@@ -76,9 +76,9 @@ def check_descriptor(auth: AuthWrite, previous: bytes | None, append: bool) -> N
     if t.pad1 or t.nanosecond or t.timezone or t.daylight or t.pad2:
         raise EfiError(Status.SECURITY_VIOLATION,
                        "TimeStamp Pad1/Nanosecond/TimeZone/Daylight/Pad2 must be zero")
-    if previous is not None and not append:
-        if t.ordering_key() <= EfiTime.unpack(previous).ordering_key():
-            raise EfiError(Status.SECURITY_VIOLATION, "TimeStamp is not later than the stored one")
+    if (previous is not None and not append
+            and t.ordering_key() <= EfiTime.unpack(previous).ordering_key()):
+        raise EfiError(Status.SECURITY_VIOLATION, "TimeStamp is not later than the stored one")
     if auth.cert_type != WIN_CERT_TYPE_EFI_GUID or auth.cert_guid != g.EFI_CERT_TYPE_PKCS7:
         raise EfiError(Status.SECURITY_VIOLATION, "certificate is not WIN_CERT_TYPE_EFI_GUID/PKCS7")
 
@@ -96,7 +96,8 @@ def verify_signed_by(name: str, guid: bytes, attributes: int, auth: AuthWrite,
     sd = parse_signature(auth)
     content = signed_content(name, guid, attributes, auth)
     if not trusted or not pkcs7.verify(sd, content, trusted):
-        raise EfiError(Status.SECURITY_VIOLATION, "signature does not verify against the trust anchor")
+        raise EfiError(Status.SECURITY_VIOLATION,
+                       "signature does not verify against the trust anchor")
     return sd
 
 

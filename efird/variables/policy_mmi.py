@@ -34,7 +34,8 @@ class PolicyMmiHandler:
 
     def __call__(self, buf: bytearray, start: int, length: int) -> None:
         if length < _HDR.size:
-            raise Refusal(Status.BAD_BUFFER_SIZE, "payload shorter than VAR_CHECK_POLICY_COMM_HEADER")
+            raise Refusal(Status.BAD_BUFFER_SIZE,
+                          "payload shorter than VAR_CHECK_POLICY_COMM_HEADER")
         signature, revision, command, _result = _HDR.struct.unpack_from(buf, start)
         p, avail = start + _HDR.size, length - _HDR.size
         if command != C.DUMP:

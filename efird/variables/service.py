@@ -18,9 +18,9 @@ from sortedcontainers import SortedDict
 from efird.efi import guid as g
 from efird.efi import time as efitime
 from efird.efi.attributes import (
-    ATTRIBUTES_MASK,
     AP,
     AT,
+    ATTRIBUTES_MASK,
     AW,
     BS,
     HR,
@@ -317,9 +317,7 @@ class VariableService:
         # AuthVariableLibProcessVariable: who may write what.
         if key in secureboot.MODE_SWITCHES:
             self._set_mode_switch(key, attributes, payload, existing, operator)
-        elif key in (secureboot.PK, secureboot.KEK):
-            self._process_key_variable(key, attributes, auth, existing, operator)
-        elif key in secureboot.SECURITY_DATABASES:
+        elif key in (secureboot.PK, secureboot.KEK) or key in secureboot.SECURITY_DATABASES:
             self._process_key_variable(key, attributes, auth, existing, operator)
         elif auth is not None:
             self._process_private(key, attributes, auth, existing)
@@ -363,7 +361,8 @@ class VariableService:
             if not payload or not attributes & (RT | BS):
                 raise EfiError(Status.NOT_FOUND, "delete of a variable that does not exist")
             if self.phase.at_runtime and attributes & (RT | NV) != (RT | NV):
-                raise EfiError(Status.INVALID_PARAMETER, "only NV|RT variables can be created after EBS")
+                raise EfiError(Status.INVALID_PARAMETER,
+                               "only NV|RT variables can be created after EBS")
             new = Variable(key[0], key[1], stored_attrs, payload, timestamp or efitime.ZERO,
                            signer or b"")
         self._check_size(new)
