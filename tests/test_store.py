@@ -33,14 +33,24 @@ def test_round_trip_and_meta(tmp_path: Path) -> None:
     s.close()
 
 
-def test_second_server_gets_a_clear_lock_error(tmp_path: Path) -> None:
+def test_a_served_store_refuses_every_other_opener(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "s")
-    with pytest.raises(StoreLockedError, match="in use by another efird process"):
-        SqliteStore(tmp_path / "s")
-    reader = SqliteStore(tmp_path / "s", exclusive=False)  # readers are welcome
     s.commit(puts=[var("A", b"1")])
-    assert reader.changed_since_load()
+    with pytest.raises(StoreLockedError, match=rf"in use by another efird process \(pid {os.getpid()}\)"):
+        SqliteStore(tmp_path / "s")
+    with pytest.raises(StoreLockedError, match="in use by another efird process"):
+        SqliteStore(tmp_path / "s", exclusive=False)
+    s.close()
+
+
+def test_idle_store_readers_see_consistent_snapshots(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "s", exclusive=False)
+    s.commit(puts=[var("A", b"1")])
+    reader = SqliteStore(tmp_path / "s", exclusive=False)
     assert [v.name for v in reader.load()] == ["A"]
+    s.commit(puts=[var("B", b"2")])
+    assert reader.changed_since_load()
+    assert sorted(v.name for v in reader.load()) == ["A", "B"]
     assert not reader.changed_since_load()
     reader.close()
     s.close()

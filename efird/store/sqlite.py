@@ -7,9 +7,11 @@ writes. On top of what SQLite guarantees, every row carries a checksum so that d
 SQLite cannot see (a flipped bit inside a value) is reported on open instead of being
 served to the guest.
 
-A serving process takes an exclusive lock on `<store>.lock` so that two daemons never
-serve the same domain; tools that only read, or that coordinate through the daemon,
-open without it.
+A serving process owns its store outright: an exclusive lock on `<store>.lock` keeps
+a second daemon (or any other opener) out with a clear error naming the owner's pid, and
+SQLite runs in EXCLUSIVE locking mode, which skips the shared-memory index and the lock
+calls on every commit. Tools reach a served store through the daemon; an idle store they
+open themselves.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ from efird.variables.model import Key, Variable
 
 APPLICATION_ID = int.from_bytes(b"EFId", "big")
 SCHEMA_VERSION = 1
+# Small pages keep the WAL frame a commit writes (24 + page_size bytes) within one
+# filesystem block most of the time, and a variable is small.
+PAGE_SIZE = 1024
+# The WAL is kept allocated (written with zeros once) up to this size, so a commit
+# overwrites blocks the file already has instead of growing it: fdatasync then has no
+# file-size change to journal. It covers SQLite's autocheckpoint threshold (1000 pages).
+WAL_PREALLOCATE = 2 << 20
 
 _SCHEMA = """
 CREATE TABLE variables (
@@ -54,6 +63,9 @@ CREATE TABLE meta (
     checksum BLOB NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+_PUT = "INSERT OR REPLACE INTO variables VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
 def _name_bytes(name: str) -> bytes:
@@ -92,13 +104,15 @@ class SqliteStore(VariableStore):
     """One domain's non-volatile variables in one SQLite file."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 exclusive: bool = True, busy_timeout_ms: int = 5000) -> None:
+                 exclusive: bool = True, busy_timeout_ms: int = 2000) -> None:
         self.path = Path(path)
         self.description = f"sqlite:{self.path}"
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
         if exclusive:
             self._take_owner_lock()
+        else:
+            self._check_not_served()
         try:
             if not self.path.exists():
                 if not create:
@@ -130,6 +144,25 @@ class SqliteStore(VariableStore):
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    def _check_not_served(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"store {self.path}: cannot open lock file {lock_path}: {exc}"
+                             ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StoreLockedError(
+                f"store {self.path} is in use by another efird process (pid {owner})"
+            ) from None
+        finally:
+            os.close(fd)
+
     def _create(self) -> None:
         """Create the file whole: a half-created store never appears under the real name."""
         tmp = self.path.with_name(f".{self.path.name}.creating.{os.getpid()}")
@@ -138,6 +171,7 @@ class SqliteStore(VariableStore):
         try:
             db = sqlite3.connect(tmp, isolation_level=None)
             try:
+                db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.executescript(_SCHEMA)
@@ -173,6 +207,9 @@ class SqliteStore(VariableStore):
         except sqlite3.Error as exc:
             raise _classify(self.path, exc) from exc
         try:
+            if self._lock_fd is not None:
+                # before the first read, so SQLite never sets up the shared-memory index
+                db.execute("PRAGMA locking_mode = EXCLUSIVE")
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
             if app_id != APPLICATION_ID:
                 raise StoreCorruptError(f"store {self.path} is not an efird store "
@@ -187,9 +224,12 @@ class SqliteStore(VariableStore):
             if mode != "wal":
                 raise StoreIOError(f"store {self.path}: cannot use WAL mode (got {mode})")
             db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA journal_size_limit = -1")  # never shrink the WAL
             result = db.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
                 raise StoreCorruptError(f"store {self.path} failed its integrity check: {result}")
+            if self._lock_fd is not None:
+                self._preallocate_wal()
         except StoreError:
             db.close()
             raise
@@ -197,6 +237,27 @@ class SqliteStore(VariableStore):
             db.close()
             raise _classify(self.path, exc) from exc
         return db
+
+    def _preallocate_wal(self) -> None:
+        """Extend the WAL with zeros past its valid frames (only the owner does this, before
+        its first write). SQLite reads frames until the first invalid one, so trailing
+        zeros are never taken for content."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreIOError(f"store {self.path}: cannot open {wal}: {exc}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size < WAL_PREALLOCATE:
+                zeros = bytes(64 << 10)
+                for offset in range(size, WAL_PREALLOCATE, len(zeros)):
+                    os.pwrite(fd, zeros[: WAL_PREALLOCATE - offset], offset)
+                os.fsync(fd)
+        except OSError as exc:
+            raise _classify(self.path, exc) from exc
+        finally:
+            os.close(fd)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -227,29 +288,32 @@ class SqliteStore(VariableStore):
     def commit(self, puts: Sequence[Variable] = (), deletes: Sequence[Key] = (),
                meta: Mapping[str, bytes] | None = None) -> None:
         db = self.db
+        statements: list[tuple[str, tuple[object, ...]]] = [
+            ("DELETE FROM variables WHERE guid = ? AND name = ?", (guid, _name_bytes(name)))
+            for guid, name in deletes]
+        for v in puts:
+            raw_name = _name_bytes(v.name)
+            statements.append((_PUT, (v.guid, raw_name, v.attributes, v.data, v.timestamp,
+                                      v.signer, _row_checksum(v.guid, raw_name, v.attributes,
+                                                              v.data, v.timestamp, v.signer))))
+        for key, value in (meta or {}).items():
+            statements.append(("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+                               (key, value, _checksum(key.encode(), value))))
         try:
+            if len(statements) == 1:
+                # one statement is its own atomic transaction in autocommit mode
+                db.execute(*statements[0])
+                return
             db.execute("BEGIN IMMEDIATE")
             try:
-                for guid, name in deletes:
-                    db.execute("DELETE FROM variables WHERE guid = ? AND name = ?",
-                               (guid, _name_bytes(name)))
-                for v in puts:
-                    raw_name = _name_bytes(v.name)
-                    db.execute(
-                        "INSERT OR REPLACE INTO variables VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (v.guid, raw_name, v.attributes, v.data, v.timestamp, v.signer,
-                         _row_checksum(v.guid, raw_name, v.attributes, v.data, v.timestamp,
-                                       v.signer)),
-                    )
-                for key, value in (meta or {}).items():
-                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
-                               (key, value, _checksum(key.encode(), value)))
+                for sql, args in statements:
+                    db.execute(sql, args)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            self._data_version = self._read_data_version()
+            # (data_version only moves for other connections' commits: nothing to re-read)
         except sqlite3.Error as exc:
             raise _classify(self.path, exc) from exc
 

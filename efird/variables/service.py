@@ -123,12 +123,16 @@ class VariableService:
         return "hr" if v.attributes & HR else "nv"
 
     def _insert(self, v: Variable) -> None:
-        old = self._all.get(v.key)
+        key = v.key
+        old = self._all.get(key)
         if old is not None:
-            self._remove(v.key)
-        self._all[v.key] = v
+            if old.attributes != v.attributes:
+                self._remove(key)
+            else:  # same key, same indexes: replace the value in place
+                self._used[self._bucket(old)] -= footprint(old.name_size, len(old.data))
+        self._all[key] = v
         if v.attributes & RT:
-            self._rt[v.key] = v
+            self._rt[key] = v
         self._used[self._bucket(v)] += footprint(v.name_size, len(v.data))
 
     def _remove(self, key: Key) -> None:

@@ -40,9 +40,9 @@ def _name_at(buf: bytearray, start: int, size: int) -> str:
     if size < 2 or size % 2 or buf[start + size - 2] or buf[start + size - 1]:
         raise _Denied(Status.ACCESS_DENIED)
     raw = bytes(buf[start : start + size])
-    end = 0
-    while raw[end] or raw[end + 1]:
-        end += 2
+    end = raw.find(b"\0\0")
+    while end % 2:  # a NUL pair straddling two characters is not a NUL character
+        end = raw.find(b"\0\0", end + 1)
     return decode_units(raw[:end]) if end else ""
 
 
