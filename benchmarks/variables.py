@@ -70,7 +70,8 @@ def durable_set(tmp: Path) -> list[Figure]:
         # disk weather (these machines are noisy; the ratio is what holds).
         values, floors = [], []
         for i in range(rounds):
-            values += per_call_ns(lambda d=d, i=i: d.dispatcher.dispatch(flip[i % 2]), calls=1)
+            request = flip[i % 2]
+            values += per_call_ns(lambda d=d, r=request: d.dispatcher.dispatch(r), calls=1)
             floors += per_call_ns(floor_op, calls=1)
         d.close()
         figures.append(Figure(f"durable SetVariable (NV), {population} vars, median",

@@ -36,7 +36,8 @@ def test_round_trip_and_meta(tmp_path: Path) -> None:
 def test_a_served_store_refuses_every_other_opener(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "s")
     s.commit(puts=[var("A", b"1")])
-    with pytest.raises(StoreLockedError, match=rf"in use by another efird process \(pid {os.getpid()}\)"):
+    owner = rf"in use by another efird process \(pid {os.getpid()}\)"
+    with pytest.raises(StoreLockedError, match=owner):
         SqliteStore(tmp_path / "s")
     with pytest.raises(StoreLockedError, match="in use by another efird process"):
         SqliteStore(tmp_path / "s", exclusive=False)
