@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py cext/build.py cext/*.c cext/*.h protocols/efir
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check efird tests cext scripts
+	$(BIN)/ruff check efird tests cext scripts benchmarks
 	$(BIN)/mypy
 
 ## The test command (README, .ci/run): lint, types, then the whole suite.

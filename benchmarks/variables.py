@@ -104,7 +104,7 @@ def enumeration(tmp: Path) -> list[Figure]:
                 n += 1
 
         assert walk() >= count
-        times[count] = median(per_call_ns(walk, calls=5))
+        times[count] = median(per_call_ns(walk, calls=7))
         d.close()
     return [Figure("enumerate 10,000 vs 1,000 variables", times[10000] / 1e6, "ms",
                    times[1000] / 1e6, "ratio <= 20 (linear is 10)")]

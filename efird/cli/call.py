@@ -19,9 +19,14 @@ from efird.variables.service import Options
 
 HELP = """\
 examples:
-  # GetPayloadSize on a fresh store
-  echo 33d532ede69909429cc02d72cdd998a71000000000000000 0b000000000000000000000000000000 \\
-    | tr -d ' ' | efird call --store vm1.efivars
+  # GetPayloadSize (SMM variable function 11): header GUID, MessageLength 24,
+  # Function 11, ReturnStatus 0, 8 bytes for the answer
+  G=33d532ede69909429cc02d72cdd998a7
+  echo ${G}18000000000000000b00000000000000$(printf '0%.0s' {1..32}) \\
+    | efird call --store vm1.efivars
+
+  # replay a test vector from protocols/vectors/
+  grep '^> ' protocols/vectors/02-set-get-delete.vec | cut -c3- | efird call --store new.efivars
 """
 
 
@@ -61,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     domain = Domain(store, options=Options(require_self_signed_pk=args.require_self_signed_pk))
     try:
         serve_lines(domain, sys.stdin, sys.stdout)
+    except BrokenPipeError:
+        # the reader went away: what was served is durable, nothing more to answer
+        sys.stdout = None  # type: ignore[assignment]  # stop the interpreter's flush
     finally:
         domain.close()
     return 0

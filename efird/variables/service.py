@@ -189,12 +189,13 @@ class VariableService:
             key = (guid, name)
             if key not in visible:
                 return Status.INVALID_PARAMETER, guid, name, name_size
-            index = visible.bisect_right(key)
+            following = visible.irange(minimum=key, inclusive=(False, True))
         else:
-            index = 0
-        if index >= len(visible):
+            following = iter(visible)
+        found = next(following, None)  # one O(log n) descent, whatever the map's history
+        if found is None:
             return Status.NOT_FOUND, guid, name, name_size
-        next_guid, next_name = visible.peekitem(index)[0]
+        next_guid, next_name = found
         needed = 2 * len(next_name) + 2
         if name_size < needed:
             return Status.BUFFER_TOO_SMALL, guid, name, needed
