@@ -9,6 +9,7 @@ store is made durable. Running it again on the same store is a platform reset.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, TextIO
 
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         serve_lines(domain, sys.stdin, sys.stdout)
     except BrokenPipeError:
         # the reader went away: what was served is durable, nothing more to answer
-        sys.stdout = None  # type: ignore[assignment]  # stop the interpreter's flush
+        # point stdout at /dev/null so the interpreter's final flush does not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         domain.close()
     return 0
