@@ -45,7 +45,8 @@ class Domain:
         self.dispatcher = Dispatcher()
         d = self.dispatcher
         d.register(g.SMM_VARIABLE_PROTOCOL, SmmVariableHandler(self.variables),
-                   status_offset=STATUS_OFFSET, name="smm-variable")
+                   status_offset=STATUS_OFFSET, name="smm-variable",
+                   may_block=SmmVariableHandler.may_block)
         d.register(g.VAR_CHECK_POLICY_MMI, PolicyMmiHandler(self.variables),
                    status_offset=RESULT_OFFSET, name="variable-policy")
         d.register(g.EVENT_END_OF_DXE, self._event(self.variables.end_of_dxe),

@@ -43,6 +43,8 @@ class Route:
     handler: Handler
     status_offset: int | None  # where the handler's status lives in its payload, if any
     name: str
+    # may this request block (disk, crypto)? Given the request; None means never.
+    may_block: Callable[[bytes], bool] | None = None
 
 
 class Dispatcher:
@@ -52,8 +54,14 @@ class Dispatcher:
         self._routes: dict[bytes, Route] = {}
 
     def register(self, guid: bytes, handler: Handler, *, status_offset: int | None,
-                 name: str) -> None:
-        self._routes[bytes(guid)] = Route(handler, status_offset, name)
+                 name: str, may_block: Callable[[bytes], bool] | None = None) -> None:
+        self._routes[bytes(guid)] = Route(handler, status_offset, name, may_block)
+
+    def may_block(self, request: bytes) -> bool:
+        """Whether serving this request may block on disk or crypto (the transport then
+        serves it off its event loop). Unknown or malformed requests never block."""
+        route = self._routes.get(bytes(request[:16]))
+        return route is not None and route.may_block is not None and route.may_block(request)
 
     def dispatch(self, request: bytes | bytearray | memoryview) -> bytearray:
         """Serve one request; returns the response (same length) or raises Refusal."""

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from efird import __version__
 from efird import log as efird_log
 from efird.cli import call as call_cmd
+from efird.cli import serve as serve_cmd
 from efird.store.base import StoreError
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log verbosity (logs go to stderr; JSON unless a terminal)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     call_cmd.add_parser(sub)
+    serve_cmd.add_parser(sub)
     return parser
 
 

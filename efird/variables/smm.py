@@ -62,6 +62,11 @@ class SmmVariableHandler:
             F.GET_PAYLOAD_SIZE: self._payload_size,
         }
 
+    @staticmethod
+    def may_block(request: bytes) -> bool:
+        """SetVariable writes the store and may verify signatures; the rest is memory."""
+        return len(request) >= 32 and _Q.unpack_from(request, 24)[0] == F.SET_VARIABLE
+
     def __call__(self, buf: bytearray, start: int, length: int) -> None:
         if length < _HDR.size:
             raise Refusal(Status.BAD_BUFFER_SIZE,

@@ -1,0 +1,119 @@
+"""`efird serve`: the per-domain daemon, attached to the VMM over vhost-user."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from efird.device import EnvelopeDevice
+from efird.domain import Domain
+from efird.notify import sd_notify
+from efird.store.sqlite import SqliteStore
+from efird.variables.service import Options
+from efird.vhost import server
+
+log = structlog.get_logger("efird.serve")
+
+EPILOG = """\
+QEMU (10.0 or later) attaches with, for example:
+  -object memory-backend-memfd,id=mem,size=1G,share=on -machine q35,memory-backend=mem
+  -chardev socket,id=efird0,path=/run/efird/vm1.sock
+  -device vhost-user-rng-pci,chardev=efird0
+(stock QEMU does not let users create the generic vhost-user-device, so a
+one-queue vhost-user device carries the queue).
+
+examples:
+  efird serve --socket /run/efird/vm1.sock --store /var/lib/efird/vm1.efivars --domain vm1
+  efird serve --socket /run/qemu/vm1-efird.sock --store vm1.efivars --connect
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="serve one domain's EFI calls over vhost-user",
+        description="Serve one domain's EFI runtime services to its VMM over vhost-user. "
+                    "Logs go to stderr as JSON lines (readable text on a terminal); the "
+                    "'ready' line, and READY=1 to $NOTIFY_SOCKET, mark readiness. SIGTERM or "
+                    "SIGINT finishes the request in flight, makes the store durable and "
+                    "exits 0.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--socket", required=True, type=Path, metavar="PATH",
+                   help="vhost-user unix socket: efird listens here (QEMU connects), or "
+                        "with --connect efird connects to it")
+    p.add_argument("--store", required=True, type=Path, metavar="PATH",
+                   help="the domain's variable store (created if missing)")
+    p.add_argument("--domain", default=None, metavar="NAME",
+                   help="domain name, put on every log line (default: the store's name)")
+    p.add_argument("--connect", action="store_true",
+                   help="be the client: connect to a frontend listening on --socket")
+    p.add_argument("--queues", type=int, default=4, metavar="N",
+                   help="virtqueues offered to the frontend (default 4)")
+    p.add_argument("--on-disconnect", choices=["wait", "exit"], default=None,
+                   help="when the VMM goes away: wait for the next connection, or exit 0 "
+                        "(default: wait when listening, exit with --connect)")
+    p.add_argument("--socket-mode", type=lambda v: int(v, 8), default=0o600, metavar="OCTAL",
+                   help="permissions of the listening socket (default 600)")
+    p.add_argument("--require-self-signed-pk", action="store_true",
+                   help="in setup mode, accept only a PK that signed itself")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.queues <= 64:
+        raise SystemExit("efird serve: --queues must be between 1 and 64")
+    domain_name = args.domain or args.store.stem
+    structlog.contextvars.bind_contextvars(domain=domain_name)
+    store = SqliteStore(args.store)
+    domain = Domain(store, options=Options(require_self_signed_pk=args.require_self_signed_pk))
+    try:
+        trio.run(_serve, args, domain)
+    except (server.SocketInUseError, ConnectionError, OSError) as exc:
+        log.error("cannot serve", error=str(exc))
+        print(f"efird serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        domain.close()
+        log.info("stopped", store=str(args.store))
+    return 0
+
+
+async def _serve(args: argparse.Namespace, domain: Domain) -> None:
+    device = EnvelopeDevice(domain)
+    once = (args.on_disconnect or ("exit" if args.connect else "wait")) == "exit"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, device, nursery.cancel_scope)
+        if args.connect:
+            _ready(args, "connecting")
+            await server.serve_connecting(args.socket, device, queues=args.queues, once=once)
+        else:
+            listener = await server.listen(args.socket, mode=args.socket_mode)
+            try:
+                _ready(args, "listening")
+                await server.serve_listening(listener, device, queues=args.queues, once=once)
+            finally:
+                listener.close()
+                args.socket.unlink(missing_ok=True)
+        nursery.cancel_scope.cancel()
+
+
+def _ready(args: argparse.Namespace, mode: str) -> None:
+    log.info("ready", socket=str(args.socket), store=str(args.store), mode=mode,
+             pid=os.getpid())
+    sd_notify(f"READY=1\nSTATUS=serving {args.socket}\nMAINPID={os.getpid()}")
+
+
+async def _stop_on_signal(device: EnvelopeDevice, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
+            await device.quiesce()  # the request in flight finishes first
+            scope.cancel()
+            return
