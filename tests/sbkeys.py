@@ -206,7 +206,7 @@ def sign_auth(var_name: str, esl_bytes: bytes, signer: KeyPair, *, timestamp: st
 
 def signed_bundle(name: str, vendor_guid: bytes, attributes: int, timestamp: bytes,
                   payload: bytes) -> bytes:
-    """What an EFI_VARIABLE_AUTHENTICATION_2 signature covers (UEFI 2.10 §8.2.2)."""
+    """What an EFI_VARIABLE_AUTHENTICATION_2 signature covers (UEFI 2.10 §8.2.6)."""
     head = encode_name(name)[:-2] + vendor_guid + struct.pack("<I", attributes)
     return head + timestamp + payload
 

@@ -38,6 +38,9 @@ def end_of_dxe(guest: Guest) -> None:
 
 
 def test_lock_now_is_enforced_from_end_of_dxe(guest: Guest) -> None:
+    """EDK2 ValidateSetVariable (VariablePolicyLib.c): LOCK_NOW is WRITE_PROTECTED, deletes
+    included; VarCheckLibSetVariableCheck (VarCheckLib.c) skips every check until EndOfDxe,
+    so a policy registered earlier is not enforced before then."""
     guest.set("Locked", b"1")
     assert register(guest, policy("Locked", P.TYPE_LOCK_NOW)) is S.SUCCESS
     assert guest.set("Locked", b"2") is S.SUCCESS  # VarCheck is off until EndOfDxe
@@ -48,6 +51,9 @@ def test_lock_now_is_enforced_from_end_of_dxe(guest: Guest) -> None:
 
 
 def test_size_and_attribute_constraints(guest: Guest) -> None:
+    """EDK2 ValidateSetVariable: DataSize outside MinSize..MaxSize, or attributes missing
+    AttributesMustHave or holding AttributesCantHave, is INVALID_PARAMETER; a delete skips
+    these checks."""
     register(guest, policy("Sized", min_size=2, max_size=4))
     register(guest, policy("Attrs", must=NV_BS_RT, cant=0x20))
     end_of_dxe(guest)
@@ -60,6 +66,8 @@ def test_size_and_attribute_constraints(guest: Guest) -> None:
 
 
 def test_lock_on_create(guest: Guest) -> None:
+    """EDK2 ValidateSetVariable LOCK_ON_CREATE: the first write creates the variable; once it
+    exists every write is WRITE_PROTECTED."""
     register(guest, policy("Once", P.TYPE_LOCK_ON_CREATE))
     end_of_dxe(guest)
     assert guest.set("Once", b"1") is S.SUCCESS
@@ -67,6 +75,9 @@ def test_lock_on_create(guest: Guest) -> None:
 
 
 def test_lock_on_variable_state(guest: Guest) -> None:
+    """EDK2 ValidateSetVariable LOCK_ON_VAR_STATE: WRITE_PROTECTED only while the state
+    variable holds one byte equal to Value; another value, or a larger variable (its 1-byte
+    GetVariable is BUFFER_TOO_SMALL), leaves it unlocked."""
     register(guest, policy("Guarded", P.TYPE_LOCK_ON_VAR_STATE, state_namespace=VENDOR,
                            state_name="Gate", state_value=1))
     end_of_dxe(guest)
@@ -80,6 +91,9 @@ def test_lock_on_variable_state(guest: Guest) -> None:
 
 
 def test_wildcards_and_namespace_policies(guest: Guest) -> None:
+    """EDK2 EvaluatePolicyMatch / GetBestPolicyMatch: '#' matches one hex digit of either case;
+    a name no named policy matches falls to the namespace-wide policy (QEMU 10 uefi-vars never
+    matches a namespace-wide policy against a named variable)."""
     register(guest, policy("Boot####", P.TYPE_LOCK_NOW))
     register(guest, policy(None, max_size=1))
     end_of_dxe(guest)
@@ -90,6 +104,8 @@ def test_wildcards_and_namespace_policies(guest: Guest) -> None:
 
 
 def test_exact_match_beats_wildcard(guest: Guest) -> None:
+    """EDK2 GetBestPolicyMatch: the lowest priority wins, so an exact name (priority 0) beats a
+    wildcard (one per '#') whatever the registration order."""
     register(guest, policy("Key####", P.TYPE_LOCK_NOW))
     register(guest, policy("Key0001"))
     end_of_dxe(guest)
@@ -98,6 +114,10 @@ def test_exact_match_beats_wildcard(guest: Guest) -> None:
 
 
 def test_registration_rules(guest: Guest) -> None:
+    """EDK2 RegisterVariablePolicy / IsValidVariablePolicyStructure: an exact duplicate is
+    ALREADY_STARTED; a wrong Version or MaxSize 0 is INVALID_PARAMETER, as is an entry longer
+    than the buffer (VarCheckPolicyLibMmiHandler). EndOfDxe calls LockVariablePolicy, after
+    which REGISTER and LOCK are WRITE_PROTECTED."""
     assert register(guest, policy("Dup")) is S.SUCCESS
     assert register(guest, policy("Dup")) is S.ALREADY_STARTED
     bad = bytearray(policy("Bad").pack())
@@ -112,18 +132,26 @@ def test_registration_rules(guest: Guest) -> None:
 
 
 def test_disable_is_refused_by_default_and_is_enabled_reports(guest: Guest) -> None:
+    """EDK2 DisableVariablePolicy: WRITE_PROTECTED while
+    PcdAllowVariablePolicyEnforcementDisable is FALSE (OVMF's value, efird's default);
+    IS_ENABLED reports State 1 (VarCheckPolicyLibMmiHandler, IsVariablePolicyEnabled)."""
     assert mmi(guest, 1)[0] is S.WRITE_PROTECTED  # PcdAllowVariablePolicyEnforcementDisable
     status, params = mmi(guest, 2, b"\0")
     assert status is S.SUCCESS and params[0] == 1
 
 
 def test_bad_header_and_unknown_command(guest: Guest) -> None:
+    """EDK2 VarCheckPolicyLibMmiHandler: a wrong Signature or Revision is INVALID_PARAMETER
+    in Result; an unknown Command is UNSUPPORTED."""
     assert mmi(guest, 2, b"\0", sig=0x1234)[0] is S.INVALID_PARAMETER
     assert mmi(guest, 2, b"\0", rev=2)[0] is S.INVALID_PARAMETER
     assert mmi(guest, 42)[0] is S.UNSUPPORTED
 
 
 def test_dump_pages_through_the_table(guest: Guest) -> None:
+    """EDK2 VarCheckPolicyLibMmiHandler DUMP: page 0 reports TotalSize and caches the table,
+    pages 1..n return it with HasMore, and a page without the cache is TIMEOUT. efird sizes
+    pages to the caller's buffer, where EDK2 requires its fixed 16327-byte page."""
     policies = [policy(f"Var{i:03d}") for i in range(40)]
     for p in policies:
         register(guest, p)
@@ -146,6 +174,10 @@ def test_dump_pages_through_the_table(guest: Guest) -> None:
 
 
 def test_get_info(guest: Guest) -> None:
+    """EDK2 VarCheckPolicyLibMmiHandler GET_INFO / GET_LOCK_VAR_STATE_INFO
+    (GetVariablePolicyInfo, GetLockOnVariableStateVariablePolicyInfo): the best-matching entry
+    and its name come back; no match, or a policy that is not LOCK_ON_VAR_STATE, is NOT_FOUND.
+    efird accepts buffers smaller than EDK2's fixed GET_INFO buffer size."""
     register(guest, policy("Info##", P.TYPE_LOCK_ON_CREATE, max_size=9))
     info = L.VAR_CHECK_POLICY_COMM_GET_INFO_PARAMS
     name = "Info12".encode("utf-16-le") + b"\0\0"
@@ -165,6 +197,9 @@ def test_get_info(guest: Guest) -> None:
 
 
 def test_lock_variable_function(guest: Guest) -> None:
+    """EDK2 SmmVariableHandler LOCK_VARIABLE, VariableLockRequestToLock
+    (VariableLockRequestToLock.c): registers a LOCK_NOW policy, a repeat is SUCCESS, and after
+    EndOfDxe the lock holds and the request is ACCESS_DENIED."""
     # SMM_VARIABLE_FUNCTION_LOCK_VARIABLE: a LOCK_NOW policy, refused after EndOfDxe.
     name = "Lockme".encode("utf-16-le") + b"\0\0"
     req = c.variable_request(8, L.SMM_VARIABLE_COMMUNICATE_GET_NEXT_VARIABLE_NAME.struct.pack(
@@ -178,6 +213,8 @@ def test_lock_variable_function(guest: Guest) -> None:
 
 
 def test_policies_do_not_survive_a_platform_reset(guest: Guest) -> None:
+    """EDK2 VariablePolicyLib keeps its policy table in memory only (InitVariablePolicyLib on
+    every boot), so a platform reset drops every policy."""
     register(guest, policy("Gone", P.TYPE_LOCK_NOW))
     guest.domain.variables.platform_reset()
     end_of_dxe(guest)

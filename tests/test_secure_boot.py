@@ -1,4 +1,4 @@
-"""Authenticated variables and Secure Boot (UEFI 2.10 §8.2.2, §32.3; EDK2
+"""Authenticated variables and Secure Boot (UEFI 2.10 §8.2.6, §32.3; EDK2
 SecurityPkg/Library/AuthVariableLib/AuthService.c), with keys from openssl and .auth
 files from efitools' sign-efi-sig-list."""
 
@@ -66,6 +66,9 @@ def enroll_all(guest: Guest, keys: Keys) -> None:
 
 
 def test_fresh_store_is_in_setup_mode(guest: Guest) -> None:
+    """UEFI 2.10 §32.3 and §3.3: with no PK the platform is in setup mode (SetupMode 1,
+    SecureBoot 0); EDK2 AuthVariableLibInitialize publishes VendorKeys 1 and SignatureSupport
+    (whole GUIDs, X509 among them). AuditMode/DeployedMode follow §32.3; EDK2 removed them."""
     assert mode(guest) == (1, 0, 0, 0)
     assert read(guest, "VendorKeys") == b"\x01"
     support = read(guest, "SignatureSupport")
@@ -74,6 +77,9 @@ def test_fresh_store_is_in_setup_mode(guest: Guest) -> None:
 
 
 def test_enrolment_moves_to_user_mode(guest: Guest, keys: Keys, store_path: Path) -> None:
+    """UEFI 2.10 §32.3.1: enrolling a PK moves setup mode to user mode at once (EDK2
+    ProcessVarWithPk, UpdatePlatformMode); KEK and db follow (§32.3.5). After a restart the
+    mode comes from the persisted PK (EDK2 AuthVariableLibInitialize)."""
     enroll_all(guest, keys)
     assert mode(guest) == (0, 1, 0, 0)
     assert siglist.x509_certificates(read(guest, "PK")) == [keys["pk"].cert_der]
@@ -84,6 +90,10 @@ def test_enrolment_moves_to_user_mode(guest: Guest, keys: Keys, store_path: Path
 
 
 def test_hierarchy_is_enforced(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §8.2.6 step 5: PK and KEK need the current PK's signature, db/dbx chain to KEK
+    or PK (EDK2 ProcessVarWithPk, then ProcessVarWithKek; VerifyTimeBasedPayload). VendorKeys
+    then reads 0 (§3.3): efird clears it on any signed change in user mode, EDK2 only on its
+    custom-mode path (VendorKeyIsModified)."""
     enroll_all(guest, keys)
     attacker = keys["attacker"]
     assert write(guest, "KEK", sbkeys.sign_auth("KEK", esl(attacker), attacker,
@@ -103,12 +113,18 @@ def test_hierarchy_is_enforced(guest: Guest, keys: Keys) -> None:
 
 
 def test_db_without_kek_is_not_found(guest: Guest, keys: Keys) -> None:
+    """EDK2 AuthVariableLibProcessVariable: db signed by neither PK nor the absent KEK is
+    NOT_FOUND, the status of ProcessVarWithKek's KEK lookup. UEFI 2.10 §8.2.6 would give
+    SECURITY_VIOLATION; efird keeps EDK2's status deliberately."""
     write(guest, "PK", sbkeys.sign_auth("PK", esl(keys["pk"]), keys["pk"], timestamp=ts(1)))
     assert write(guest, "db", sbkeys.sign_auth("db", esl(keys["db"]), keys["kek"],
                                                timestamp=ts(2))) is S.NOT_FOUND
 
 
 def test_replay_and_older_timestamps_are_refused(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §8.2.6 firmware step 2: without APPEND the TimeStamp must be later than the
+    stored one; EDK2 VerifyTimeBasedPayload (AuthServiceInternalCompareTimeStamp) refuses an
+    equal or older one with SECURITY_VIOLATION."""
     enroll_all(guest, keys)
     again = sbkeys.sign_auth("db", esl(keys["db"]), keys["kek"], timestamp=ts(3))
     assert write(guest, "db", again) is S.SECURITY_VIOLATION  # equal timestamp = replay
@@ -119,6 +135,9 @@ def test_replay_and_older_timestamps_are_refused(guest: Guest, keys: Keys) -> No
 
 
 def test_tampering_is_detected(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §8.2.6: the signature covers VariableName, VendorGuid, Attributes, TimeStamp
+    and the new data, so changing any of them is SECURITY_VIOLATION (EDK2
+    VerifyTimeBasedPayload, Pkcs7Verify)."""
     enroll_all(guest, keys)
     good = bytearray(sbkeys.sign_auth("db", esl(keys["attacker"]), keys["kek"],
                                       timestamp=ts(20)))
@@ -136,6 +155,10 @@ def test_tampering_is_detected(guest: Guest, keys: Keys) -> None:
 
 
 def test_malformed_signatures_are_security_violations(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §8.2.6 firmware steps 1-2: CertData must parse as PKCS#7 SignedData and the
+    TimeStamp's Pad1, Nanosecond, TimeZone, Daylight and Pad2 must be 0. EDK2
+    VariableServiceSetVariable (AUTH_2 size checks) and VerifyTimeBasedPayload: all
+    SECURITY_VIOLATION."""
     enroll_all(guest, keys)
     good = sbkeys.sign_auth("db", esl(keys["attacker"]), keys["kek"], timestamp=ts(40))
     parts = sbkeys.split_auth(good)
@@ -156,6 +179,9 @@ def test_malformed_signatures_are_security_violations(guest: Guest, keys: Keys) 
 
 
 def test_content_info_wrapped_and_signed_attributes_verify(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §8.2.6: SignedData is accepted with and without a ContentInfo wrapper (EDK2
+    VerifyTimeBasedPayload, Pkcs7Verify). Signed attributes verify too, as with EDK2's
+    Pkcs7Verify, although §8.2.6 says callers shall leave them out."""
     enroll_all(guest, keys)
     payload = esl(keys["attacker"])
     for n, (wrap, attrs) in enumerate([(True, False), (False, True), (True, True)]):
@@ -166,6 +192,9 @@ def test_content_info_wrapped_and_signed_attributes_verify(guest: Guest, keys: K
 
 
 def test_sha1_digest_is_refused(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §8.2.6 (SHA-256, SHA-384, SHA-512 digests); EDK2 VerifyTimeBasedPayload
+    refuses SHA-1 with SECURITY_VIOLATION. efird deliberately accepts SHA-256 only, narrower
+    than both."""
     enroll_all(guest, keys)
     auth = sbkeys.sign_auth_raw("db", DBG, AUTH, esl(keys["attacker"]),
                                 EfiTime(2026, 3, 1, timezone=0), keys["kek"],
@@ -174,6 +203,10 @@ def test_sha1_digest_is_refused(guest: Guest, keys: Keys) -> None:
 
 
 def test_append_deduplicates_every_signature_type(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §8.2.6: an APPEND to a signature database skips EFI_SIGNATURE_DATA already
+    present, is no error and skips the timestamp check; EDK2 FilterSignatureList compares
+    whole entries of every type (QEMU 10 uefi-vars drops SHA384 and X509_SHA256 lists). A
+    repeated or empty APPEND leaves the value unchanged."""
     enroll_all(guest, keys)
     h256 = [hashlib.sha256(bytes([i])).digest() for i in range(3)]
     h384 = hashlib.sha384(b"x").digest()
@@ -202,6 +235,10 @@ def test_append_deduplicates_every_signature_type(guest: Guest, keys: Keys) -> N
 
 
 def test_key_variables_need_authenticated_writes(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §8.2.3: Secure Boot policy variables need TIME_BASED_AUTHENTICATED_WRITE_ACCESS,
+    else INVALID_PARAMETER. EDK2 VariableServiceSetVariable (attributes differ) and
+    ProcessVarWithPk (not NV|AT, even Attributes 0) give INVALID_PARAMETER; for the unsigned
+    delete §8.2.3 says SECURITY_VIOLATION, and efird follows EDK2."""
     enroll_all(guest, keys)
     assert guest.set("db", b"junk", 0x07, DBG) is S.INVALID_PARAMETER  # attributes differ
     assert guest.set("db", b"", 0, DBG) is S.INVALID_PARAMETER  # not NV|AT (ProcessVarWithPk)
@@ -210,6 +247,9 @@ def test_key_variables_need_authenticated_writes(guest: Guest, keys: Keys) -> No
 
 
 def test_malformed_signature_list_is_invalid_parameter(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §32.4.1 Signature Database and §32.3.1 (a PK has exactly one entry); EDK2
+    CheckSignatureListFormat: a truncated list, or a PK with two certificates, is
+    INVALID_PARAMETER although the signature is valid."""
     write(guest, "PK", sbkeys.sign_auth("PK", esl(keys["pk"]), keys["pk"], timestamp=ts(1)))
     bad = esl(keys["kek"])[:-1]
     assert write(guest, "KEK", sbkeys.sign_auth("KEK", bad, keys["pk"], timestamp=ts(2))
@@ -220,6 +260,9 @@ def test_malformed_signature_list_is_invalid_parameter(guest: Guest, keys: Keys)
 
 
 def test_signed_pk_delete_returns_to_setup_mode(guest: Guest, keys: Keys) -> None:
+    """UEFI 2.10 §32.3.2 Clearing The Platform Key: a delete signed by the current PK clears it
+    and SetupMode becomes 1 (EDK2 ProcessVarWithPk, UpdatePlatformMode); KEK and db stay, and
+    in setup mode need no signature from the hierarchy (§32.3, §8.2.6 firmware step 3)."""
     enroll_all(guest, keys)
     assert write(guest, "PK", sbkeys.sign_auth("PK", b"", keys["attacker"], timestamp=ts(60))
                  ) is S.SECURITY_VIOLATION
@@ -233,6 +276,9 @@ def test_signed_pk_delete_returns_to_setup_mode(guest: Guest, keys: Keys) -> Non
 
 
 def test_setup_mode_pk_policy(tmp_path: Path, keys: Keys) -> None:
+    """UEFI 2.10 §32.3.1: in setup mode the new PK may be signed by its own key; EDK2
+    PcdRequireSelfSignedPk decides whether it must be (FALSE in OVMF and efird: any signer;
+    TRUE: ProcessVarWithPk verifies against the certificate in the payload)."""
     other_signed = sbkeys.sign_auth("PK", esl(keys["pk"]), keys["attacker"], timestamp=ts(1))
     self_signed = sbkeys.sign_auth("PK", esl(keys["pk"]), keys["pk"], timestamp=ts(1))
     lax = open_domain(tmp_path / "lax")  # OVMF's default: PcdRequireSelfSignedPk = FALSE
@@ -245,13 +291,20 @@ def test_setup_mode_pk_policy(tmp_path: Path, keys: Keys) -> None:
 
 
 def test_firmware_owned_variables_are_read_only(guest: Guest) -> None:
+    """UEFI 2.10 §3.3: SecureBoot, SetupMode, SignatureSupport and VendorKeys are read-only.
+    EDK2 enforces that only from EndOfDxe (VarCheckLib read-only properties); efird
+    deliberately answers WRITE_PROTECTED to writes and deletes in every phase."""
     for name in ("SecureBoot", "SetupMode", "SignatureSupport", "VendorKeys"):
         assert guest.set(name, b"\x00", BS_RT, GV) is S.WRITE_PROTECTED, name
         assert guest.set(name, b"", 0, GV) is S.WRITE_PROTECTED, name
 
 
 def test_audit_and_deployed_mode_transitions(guest: Guest, keys: Keys, store_path: Path) -> None:
-    # Setup -> Audit by writing AuditMode=1 (UEFI 2.10 §32.3.2)
+    """UEFI 2.10 §32.3.3 (AuditMode=1 enters Audit Mode) and §32.3.4 (a PK enrolled in Audit
+    Mode enters Deployed Mode; AuditMode and DeployedMode become read-only), persisted across a
+    restart, and a signed PK delete leaving Deployed Mode for Setup Mode. No EDK2
+    counterpart (removed there)."""
+    # Setup -> Audit by writing AuditMode=1 (UEFI 2.10 §32.3.3)
     assert guest.set("AuditMode", b"\x02", BS_RT, GV) is S.INVALID_PARAMETER
     assert guest.set("AuditMode", b"\x01", BS_RT, GV) is S.SUCCESS
     assert mode(guest) == (1, 0, 1, 0)
@@ -261,14 +314,19 @@ def test_audit_and_deployed_mode_transitions(guest: Guest, keys: Keys, store_pat
     assert mode(guest) == (0, 1, 0, 1)
     assert guest.set("DeployedMode", b"\x00", BS_RT, GV) is S.WRITE_PROTECTED
     assert guest.set("AuditMode", b"\x01", BS_RT, GV) is S.WRITE_PROTECTED
-    assert write(guest, "PK", sbkeys.sign_auth("PK", b"", keys["pk"], timestamp=ts(5))
-                 ) is S.WRITE_PROTECTED  # no PK delete in deployed mode
     d2 = reopen(guest.domain, store_path)
-    assert mode(Guest(d2)) == (0, 1, 0, 1)  # persisted
+    g2 = Guest(d2)
+    assert mode(g2) == (0, 1, 0, 1)  # persisted
+    # UEFI 2.10 §32.3.4: a signed PK delete leaves Deployed Mode for Setup Mode
+    assert write(g2, "PK", sbkeys.sign_auth("PK", b"", keys["pk"], timestamp=ts(5))
+                 ) is S.SUCCESS
+    assert mode(g2) == (1, 0, 0, 0)
     d2.close()
 
 
 def test_user_mode_to_deployed_and_to_audit(tmp_path: Path, keys: Keys) -> None:
+    """UEFI 2.10 §32.3.4: DeployedMode=1 moves user mode to Deployed Mode; §32.3.3: AuditMode=1
+    in user mode clears the PK and enters Audit Mode (SetupMode 1). No EDK2 counterpart."""
     d = open_domain(tmp_path / "a")
     guest = Guest(d)
     write(guest, "PK", sbkeys.sign_auth("PK", esl(keys["pk"]), keys["pk"], timestamp=ts(1)))
@@ -285,6 +343,8 @@ def test_user_mode_to_deployed_and_to_audit(tmp_path: Path, keys: Keys) -> None:
 
 
 def test_mode_switches_are_boot_time_only(guest: Guest) -> None:
+    """UEFI 2.10 §32.3.3: AuditMode is writable only before ExitBootServices, so a runtime
+    write is WRITE_PROTECTED. No EDK2 counterpart."""
     guest.exit_boot_services()
     assert guest.set("AuditMode", b"\x01", BS_RT, GV) is S.WRITE_PROTECTED
 
@@ -299,6 +359,11 @@ def private(guest: Guest, kp: sbkeys.KeyPair, payload: bytes, second: int,
 
 def test_private_authenticated_variables_belong_to_their_creator(guest: Guest,
                                                                  keys: Keys) -> None:
+    """UEFI 2.10 §8.2.6 step 5: a private authenticated variable is bound to its creator
+    (EDK2 ProcessVariable, VerifyTimeBasedPayload with AuthVarTypePriv and the CertDB): another
+    signer or an old timestamp is SECURITY_VIOLATION, APPEND skips the timestamp check, a plain
+    write is INVALID_PARAMETER, an unsigned Attributes-0 delete is WRITE_PROTECTED, and a
+    signed empty payload deletes."""
     assert private(guest, keys["private"], b"v1", 1) is S.SUCCESS
     assert guest.get("Private").data == b"v1"
     assert private(guest, keys["private2"], b"evil", 2) is S.SECURITY_VIOLATION

@@ -25,6 +25,8 @@ def var(name: str, data: bytes, attrs: int = 7) -> Variable:
 
 
 def test_round_trip_and_meta(tmp_path: Path) -> None:
+    """efird store requirement (an acknowledged SetVariable is kept): committed puts, deletes
+    and metadata load back exactly, names with lone surrogates included."""
     s = SqliteStore(tmp_path / "s")
     s.commit(puts=[var("A", b"1"), var("B\udc00", b"2")], meta={"k": b"v"})
     s.commit(deletes=[(GUID, "A")])
@@ -34,6 +36,8 @@ def test_round_trip_and_meta(tmp_path: Path) -> None:
 
 
 def test_a_served_store_refuses_every_other_opener(tmp_path: Path) -> None:
+    """efird store requirement: a second process gets a consistent view or a clear lock error;
+    here the lock error, naming the serving process's pid."""
     s = SqliteStore(tmp_path / "s")
     s.commit(puts=[var("A", b"1")])
     owner = rf"in use by another efird process \(pid {os.getpid()}\)"
@@ -45,6 +49,8 @@ def test_a_served_store_refuses_every_other_opener(tmp_path: Path) -> None:
 
 
 def test_idle_store_readers_see_consistent_snapshots(tmp_path: Path) -> None:
+    """efird store requirement: a second process gets a consistent view or a clear lock error;
+    here a non-exclusive reader sees whole commits and notices newer ones."""
     s = SqliteStore(tmp_path / "s", exclusive=False)
     s.commit(puts=[var("A", b"1")])
     reader = SqliteStore(tmp_path / "s", exclusive=False)
@@ -58,6 +64,8 @@ def test_idle_store_readers_see_consistent_snapshots(tmp_path: Path) -> None:
 
 
 def test_empty_file_is_corrupt_not_empty_store(tmp_path: Path) -> None:
+    """efird store requirement: corruption is detected on open with a clear error, never an
+    empty store; a 0-byte file is StoreCorruptError, not a fresh store."""
     path = tmp_path / "s"
     path.write_bytes(b"")
     with pytest.raises(StoreCorruptError, match="0 bytes"):
@@ -65,6 +73,8 @@ def test_empty_file_is_corrupt_not_empty_store(tmp_path: Path) -> None:
 
 
 def test_garbage_file_is_corrupt(tmp_path: Path) -> None:
+    """efird store requirement: corruption is detected on open with a clear error, here one
+    naming the file."""
     path = tmp_path / "s"
     path.write_bytes(os.urandom(8192))
     with pytest.raises(StoreCorruptError, match=str(path)):
@@ -72,6 +82,8 @@ def test_garbage_file_is_corrupt(tmp_path: Path) -> None:
 
 
 def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    """efird store requirement: corruption is detected on open with a clear error; a valid
+    SQLite file that is not an efird store is refused as such."""
     path = tmp_path / "s"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE t (x)")
@@ -82,6 +94,8 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_flipped_value_is_detected_by_its_checksum(tmp_path: Path) -> None:
+    """efird store requirement: corruption is detected with a clear error, never served: a
+    value changed behind efird's back fails its checksum on load, naming the variable."""
     path = tmp_path / "s"
     s = SqliteStore(path)
     s.commit(puts=[var("Victim", b"A" * 64)])
@@ -97,6 +111,8 @@ def test_flipped_value_is_detected_by_its_checksum(tmp_path: Path) -> None:
 
 
 def test_missing_store_without_create(tmp_path: Path) -> None:
+    """efird store requirement (a clear error, never an empty store): opening a missing store
+    without create fails instead of creating an empty one."""
     with pytest.raises(StoreError, match="does not exist"):
         SqliteStore(tmp_path / "nope", create=False)
 
@@ -119,6 +135,9 @@ WRITER = textwrap.dedent("""
 
 @pytest.mark.parametrize("round_", range(5))
 def test_kill_9_never_loses_an_acknowledged_write(tmp_path: Path, round_: int) -> None:
+    """efird store requirement: an acknowledged SetVariable survives kill -9, and a crash
+    mid-write never loses older data (no torn value; the newest acknowledged write is there).
+    Also UEFI 2.10 §8.2.3: saved before EFI_SUCCESS is returned, never a partial save."""
     path = tmp_path / "s"
     start = 0
     for _cycle in range(4):

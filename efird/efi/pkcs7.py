@@ -1,4 +1,4 @@
-"""PKCS#7 SignedData of EFI_VARIABLE_AUTHENTICATION_2 (UEFI 2.10 §8.2.2).
+"""PKCS#7 SignedData of EFI_VARIABLE_AUTHENTICATION_2 (UEFI 2.10 §8.2.6).
 
 Semantics follow EDK2 CryptoPkg Pkcs7Verify as used by AuthVariableLib: the data may be
 a ContentInfo or a bare SignedData, only SHA-256 is accepted, the signer must chain to a

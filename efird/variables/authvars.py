@@ -1,4 +1,4 @@
-"""Time-based authenticated writes: EFI_VARIABLE_AUTHENTICATION_2 (UEFI 2.10 §8.2.2).
+"""Time-based authenticated writes: EFI_VARIABLE_AUTHENTICATION_2 (UEFI 2.10 §8.2.6).
 
 This module decides whether one authenticated write may happen and what it stores;
 the variable service applies the result. Behaviour follows EDK2's

@@ -460,14 +460,12 @@ class VariableService:
         if append and existing is not None and not is_pk:
             payload = authvars.siglist.filter_append(existing.data, auth.payload)
         deleting = not auth.payload and not append
-        if is_pk and deleting and mode is Mode.DEPLOYED and not operator:
-            raise EfiError(Status.WRITE_PROTECTED, "PK cannot be deleted in deployed mode")
 
         new_sb = SecureBootState(self.sb.audit, self.sb.deployed, self.sb.vendor_keys)
         if is_pk and not deleting and mode is Mode.AUDIT:
-            new_sb.audit, new_sb.deployed = False, True  # Audit -> Deployed (§32.3)
+            new_sb.audit, new_sb.deployed = False, True  # Audit -> Deployed (§32.3.3)
         if is_pk and deleting:
-            new_sb.deployed = False
+            new_sb.deployed = False  # a signed PK delete leaves Deployed Mode too (§32.3.4)
         if not in_setup and not operator:
             new_sb.vendor_keys = False  # VendorKeyIsModified
         meta = new_sb.meta() if new_sb != self.sb else None
@@ -499,7 +497,7 @@ class VariableService:
 
     def _set_mode_switch(self, key: Key, attributes: int, payload: bytes,
                          existing: Variable | None, operator: bool) -> None:
-        """AuditMode / DeployedMode writes (UEFI 2.10 §32.3.2 mode transitions)."""
+        """AuditMode / DeployedMode writes (UEFI 2.10 §32.3.3 Audit Mode, §32.3.4 Deployed Mode)."""
         if existing is not None and attributes != existing.attributes:
             raise EfiError(Status.INVALID_PARAMETER, "attributes must be BS|RT")
         if len(payload) != 1 or payload[0] > 1:

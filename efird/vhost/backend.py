@@ -11,6 +11,7 @@ is inside a batch (one lock), so a worker never uses a stale mapping.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -348,7 +349,8 @@ class Connection:
         q = self._queue(value & P.VRING_KICK_INDEX_MASK)
         nofd = bool(value & P.VRING_NOFD_MASK)
         if len(fds) != (0 if nofd else 1):
-            raise Refused(f"{len(fds)} file descriptors with the no-fd flag {'set' if nofd else 'clear'}")
+            flag = "set" if nofd else "clear"
+            raise Refused(f"{len(fds)} file descriptors with the no-fd flag {flag}")
         return q, None if nofd else fds[0]
 
     async def _set_vring_kick(self, payload: bytes, fds: list[int]) -> None:
@@ -360,10 +362,8 @@ class Connection:
             q.kick_fd = _set_fd(q.kick_fd, fd)
             if not self.features & 1 << P.VHOST_USER_F_PROTOCOL_FEATURES:
                 q.enabled = True  # without protocol features a ring starts enabled
-            try:
+            with contextlib.suppress(GuestMemoryError):  # memory not there yet
                 q.vq.sync_used_idx()
-            except GuestMemoryError:
-                pass  # memory not there yet: the index is taken when it is
             self._start(q)
 
     async def _set_vring_call(self, payload: bytes, fds: list[int]) -> None:
@@ -400,10 +400,8 @@ class Connection:
     def _poke(self, q: Queue) -> None:
         """Make q look at its ring now (a kick that arrived while it could not)."""
         if q.started and q.kick_fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.eventfd_write(q.kick_fd, 1)
-            except OSError:
-                pass
 
     def _poke_started_queues(self) -> None:
         for q in self.queues:
@@ -483,10 +481,8 @@ class Connection:
         q.broken = True
         self.log.error("virtqueue broken; needs a device reset", queue=q.vq.index, reason=reason)
         if q.err_fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.eventfd_write(q.err_fd, 1)
-            except OSError:
-                pass
 
     async def shutdown(self) -> None:
         async with self.ring_lock:

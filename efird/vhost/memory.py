@@ -10,6 +10,7 @@ does not fit entirely in one region fails with GuestMemoryError, never touches m
 from __future__ import annotations
 
 import bisect
+import contextlib
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -30,10 +31,9 @@ class Region:
 
     def close(self) -> None:
         self.view.release()
-        try:
+        # a view may still be exported somewhere: the GC then finishes the job
+        with contextlib.suppress(BufferError):
             self.mapping.close()
-        except BufferError:  # a view is still exported somewhere: the GC will finish it
-            pass
 
 
 def map_region(fd: int, gpa: int, size: int, uva: int, mmap_offset: int) -> Region:
@@ -114,14 +114,12 @@ class GuestMemory:
         """A view by the frontend's userspace address (vring addresses)."""
         for r in self._regions:
             off = uva - r.uva
-            if 0 <= off and off + length <= r.size:
+            if off >= 0 and off + length <= r.size:
                 return r.view[off : off + length]
         raise GuestMemoryError(f"userspace range {uva:#x}+{length:#x} is not in any region")
 
 
 def close_fds(fds: list[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
