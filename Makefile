@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps test lint check demo bench vectors clean
+.PHONY: setup system-deps test lint check demo demo-call bench vectors clean
 
 setup: $(STAMP)
 
@@ -26,9 +26,13 @@ lint: setup
 test: lint
 	$(BIN)/pytest -q
 
-## The demo (README): drives the variable service end to end.
+## The demo (README): efird attached to a real QEMU 10, driven like a booting guest.
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+## The variable service through `efird call`, with Secure Boot keys from openssl/efitools.
+demo-call: setup
+	$(BIN)/python scripts/demo_call.py
 
 bench: setup
 	$(BIN)/python -m benchmarks

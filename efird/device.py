@@ -8,11 +8,14 @@ the rest inline on the event loop, so a read costs no thread hand-off.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import structlog
 import trio
 
 from efird.domain import Domain
-from efird.envelope import Refusal
+from efird.envelope import Refusal, describe
 
 log = structlog.get_logger("efird.device")
 
@@ -24,6 +27,8 @@ class EnvelopeDevice:
         self._limiter = trio.CapacityLimiter(1)
         self.requests = 0
         self.refused = 0
+        self._debug = log.is_enabled_for(logging.DEBUG) if hasattr(log, "is_enabled_for") \
+            else True
 
     async def handle(self, request: bytes) -> bytes | None:
         async with self.lock:
@@ -34,12 +39,16 @@ class EnvelopeDevice:
             return self._serve(request)
 
     def _serve(self, request: bytes) -> bytes | None:
+        start = time.perf_counter_ns()
         try:
             response = self.domain.dispatcher.dispatch(request)
         except Refusal as refusal:
             self.refused += 1
             log.info("request refused", status=refusal.status.name, reason=refusal.reason)
             return None
+        if self._debug:
+            log.debug("request", **describe(request, response),
+                      us=round((time.perf_counter_ns() - start) / 1000, 1))
         return bytes(response)
 
     async def quiesce(self) -> None:

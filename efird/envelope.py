@@ -92,3 +92,18 @@ class Dispatcher:
                 raise Refusal(Status.DEVICE_ERROR, f"{route.name} handler failed") from None
             _LENGTH.pack_into(buf, HEADER_SIZE + off, Status.DEVICE_ERROR)
         return buf
+
+
+def describe(request: bytes, response: bytes | bytearray) -> dict[str, object]:
+    """What a per-request log line says about an envelope: handler, function, status."""
+    from efird.efi import guid as g
+    from efird.efi.status import status_name
+
+    guid = bytes(request[:16])
+    out: dict[str, object] = {"guid": g.guid_name(guid)}
+    with_function = (g.SMM_VARIABLE_PROTOCOL, g.EFIRD_TIME_SERVICE, g.EFIRD_RESET_SERVICE,
+                     g.EFIRD_BOOTMEM_SERVICE, g.EFIRD_KEXEC_SERVICE)
+    if guid in with_function and len(response) >= HEADER_SIZE + 16:
+        out["function"] = _LENGTH.unpack_from(request, HEADER_SIZE)[0]
+        out["status"] = status_name(_LENGTH.unpack_from(response, HEADER_SIZE + 8)[0])
+    return out

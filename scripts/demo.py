@@ -1,132 +1,116 @@
-"""The demo: drive efird's variable service the way a booting Linux guest does, through
-`efird call` (one envelope per line), and enrol Secure Boot keys made by openssl and
-signed by efitools. Prints each call with its EFI status and round-trip latency and
-leaves the store in demo-out/ for the CLI to read."""
+"""The demo: efird attached to a real QEMU 10 over vhost-user, answering the variable
+calls a booting Linux guest makes.
+
+It starts `efird serve` on a new store in demo-out/, starts QEMU 10 with the store's
+queue carried by vhost-user-rng-pci, and plays the guest with a virtio-pci driver over
+qtest (tests/qemu/): walk every variable as efivarfs does at mount, read SecureBoot and
+SetupMode, set and delete a dummy variable, QueryVariableInfo, enter the runtime phase.
+It prints each call with its EFI status, the round trip as the guest saw it, and the
+service time efird logged, then stops both and leaves the store for the CLI.
+"""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from efird.abi import client as c
-from efird.efi import guid as g
-from efird.efi.status import status_name
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-OUT = Path("demo-out")
-STORE = OUT / "vm1.efivars"
-GV, DBG = g.EFI_GLOBAL_VARIABLE, g.EFI_IMAGE_SECURITY_DATABASE
+from efird.abi import client as c  # noqa: E402
+from efird.efi import guid as g  # noqa: E402
+from efird.efi.status import Status, status_name  # noqa: E402
+from tests.daemon import EfirdDaemon  # noqa: E402
+from tests.qemu.virtio_pci import VirtioPciDevice, Virtqueue  # noqa: E402
+from tests.qemu.vm import QemuVM  # noqa: E402
+
+OUT = ROOT / "demo-out"
+GV = g.EFI_GLOBAL_VARIABLE
 DEMO = g.guid_bytes("e3e1f6f0-6d0f-4a35-9d33-7c7d9e0a0d1e")
-OWNER = "77fa9abd-0359-4d32-bd60-28f4e78f784b"
+SLOT = 3
 
 
-class Efird:
-    def __init__(self, store: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "efird.cli.main", "call", "--store", str(store)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.rows: list[tuple[str, str, float, str]] = []
+class Guest:
+    def __init__(self, queue: Virtqueue, daemon: EfirdDaemon) -> None:
+        self.queue, self.daemon = queue, daemon
+        self.rows: list[tuple[str, str, float, float | None, str]] = []
 
-    def call(self, label: str, request: bytes, show: str = "") -> bytes:
-        assert self.proc.stdin and self.proc.stdout
+    def call(self, label: str, request: bytes, detail: str = "") -> bytes:
+        served_before = len(self.daemon.events("request"))
         t0 = time.perf_counter()
-        self.proc.stdin.write(request.hex() + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline().strip()
+        self.queue.submit([request], [len(request)])
+        used = self.queue.wait_used(timeout=10)
         us = (time.perf_counter() - t0) * 1e6
-        if line.startswith("ERR"):
-            self.rows.append((label, line, us, ""))
-            return b""
-        response = bytes.fromhex(line)
-        status = (status_name(c.return_status(response)) if len(response) >= 40
-                  else "(event: no status)")
-        self.rows.append((label, status, us, show))
+        response = used.in_data[: used.used_len]
+        status = "refused (used.len 0)" if not response else (
+            status_name(c.return_status(response)) if len(response) >= 40 else "(event)")
+        served = self.daemon.events("request")
+        service_us = served[-1]["us"] if len(served) > served_before else None
+        self.rows.append((label, status, us, service_us, detail))
         return response
 
-    def close(self) -> None:
-        assert self.proc.stdin
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-def run(cmd: list[str]) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-def make_keys(tmp: Path) -> dict[str, bytes]:
-    """PK, KEK and db keys with openssl; their ESLs and .auth files with efitools."""
-    auth = {}
-    for n, (name, signer) in enumerate((("PK", "PK"), ("KEK", "PK"), ("db", "KEK"))):
-        run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
-             "-days", "3650", "-subj", f"/CN=efird demo {name}/",
-             "-keyout", str(tmp / f"{name}.key"), "-out", str(tmp / f"{name}.crt")])
-        run(["cert-to-efi-sig-list", "-g", OWNER, str(tmp / f"{name}.crt"),
-             str(tmp / f"{name}.esl")])
-        run(["sign-efi-sig-list", "-t", f"2026-11-25 10:00:0{n}", "-k",
-             str(tmp / f"{signer}.key"), "-c", str(tmp / f"{signer}.crt"), name,
-             str(tmp / f"{name}.esl"), str(tmp / f"{name}.auth")])
-        auth[name] = (tmp / f"{name}.auth").read_bytes()
-    return auth
-
-
-def byte_of(response: bytes) -> str:
-    r = c.parse_get_variable(response)
-    return r.data.hex() if r.data else ""
+    def note(self, detail: str) -> None:
+        self.rows[-1] = (*self.rows[-1][:4], detail)
 
 
 def main() -> int:
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir()
-    efird = Efird(STORE)
-    efird.call("GetPayloadSize", c.variable_request(11, bytes(8)))
-    efird.rows[-1] = (*efird.rows[-1][:3], "(first call: includes efird start-up)")
-    # 1. what Linux's efivarfs does at mount: walk every name
-    guid, name, count = bytes(16), "", 0
-    while True:
-        resp = efird.call("GetNextVariableName", c.get_next_variable_name(guid, name, 128))
-        status, guid, name, _ = c.parse_get_next(resp)
-        if status != 0:
-            break
-        count += 1
-    efird.rows[-1] = (*efird.rows[-1][:3], f"end after {count} variables")
-    # 2. what the EFI stub and the kernel read
-    for var in ("SecureBoot", "SetupMode"):
-        resp = efird.call(f"GetVariable {var}", c.get_variable(GV, var, 1))
-        efird.rows[-1] = (*efird.rows[-1][:3], f"= {byte_of(resp)}")
-    resp = efird.call("QueryVariableInfo NV|BS|RT", c.query_variable_info(7))
-    _, total, remaining, max_size = c.parse_query(resp)
-    efird.rows[-1] = (*efird.rows[-1][:3], f"{remaining}/{total} free, max {max_size}")
-    # 3. a dummy variable, set, read, deleted
-    efird.call("SetVariable EfirdDemo", c.set_variable(DEMO, "EfirdDemo", 7, b"hello, efird"))
-    resp = efird.call("GetVariable EfirdDemo", c.get_variable(DEMO, "EfirdDemo", 64))
-    efird.rows[-1] = (*efird.rows[-1][:3], repr(c.parse_get_variable(resp).data))
-    efird.call("SetVariable EfirdDemo (delete)", c.set_variable(DEMO, "EfirdDemo", 7, b""))
-    efird.call("GetVariable EfirdDemo", c.get_variable(DEMO, "EfirdDemo", 64))
-    # 4. Secure Boot: keys by openssl, signed updates by efitools' sign-efi-sig-list
-    with tempfile.TemporaryDirectory() as tmp:
-        auth = make_keys(Path(tmp))
-    efird.call("SetVariable PK (self-signed)", c.set_variable(GV, "PK", 0x27, auth["PK"]))
-    efird.call("SetVariable KEK (signed by PK)", c.set_variable(GV, "KEK", 0x27, auth["KEK"]))
-    efird.call("SetVariable db (signed by KEK)", c.set_variable(DBG, "db", 0x27, auth["db"]))
-    efird.call("SetVariable db again (replay)", c.set_variable(DBG, "db", 0x27, auth["db"]))
-    for var in ("SecureBoot", "SetupMode"):
-        resp = efird.call(f"GetVariable {var}", c.get_variable(GV, var, 1))
-        efird.rows[-1] = (*efird.rows[-1][:3], f"= {byte_of(resp)}")
-    efird.call("SetVariable PK unsigned", c.set_variable(GV, "PK", 7, b"\x00" * 64))
-    efird.call("ExitBootServices event", c.envelope(g.EVENT_EXIT_BOOT_SERVICES, b""))
-    efird.call("SetVariable BootOrder (runtime)", c.set_variable(GV, "BootOrder", 7, b"\0\0"))
-    efird.call("malformed envelope (10 bytes)", bytes(10))
-    efird.close()
+    store = OUT / "vm1.efivars"
+    sock = Path("/tmp") / f"efird-demo-{time.time_ns()}.sock"
+    t_start = time.perf_counter()
+    with EfirdDaemon(sock, store, "--domain", "vm1") as daemon:
+        ready_ms = (time.perf_counter() - t_start) * 1000
+        args = QemuVM.vhost_user_args(sock, addr=SLOT)
+        with QemuVM(args) as vm:
+            qemu_line = " ".join(vm.command_line())
+            dev = VirtioPciDevice(vm.qtest, 4, slot=SLOT)
+            (queue,) = dev.init()
+            guest = Guest(queue, daemon)
+            guest.call("GetPayloadSize", c.variable_request(11, bytes(8)))
+            guid, name, count = bytes(16), "", 0
+            while True:  # efivarfs at mount
+                resp = guest.call("GetNextVariableName", c.get_next_variable_name(guid, name))
+                status, guid, name, _ = c.parse_get_next(resp)
+                if status is not Status.SUCCESS:
+                    guest.note(f"end of list after {count} variables")
+                    break
+                guest.note(f"{g.guid_name(guid)}:{name}")
+                count += 1
+            for var in ("SecureBoot", "SetupMode"):
+                got = c.parse_get_variable(guest.call(f"GetVariable {var}",
+                                                      c.get_variable(GV, var, 1)))
+                guest.note(f"= {got.data.hex()}")
+            _, total, remaining, max_size = c.parse_query(
+                guest.call("QueryVariableInfo NV|BS|RT", c.query_variable_info(7)))
+            guest.note(f"{remaining} of {total} bytes free, max variable {max_size}")
+            guest.call("SetVariable EfirdDemo", c.set_variable(DEMO, "EfirdDemo", 7,
+                                                               b"hello from the guest"))
+            got = c.parse_get_variable(guest.call("GetVariable EfirdDemo",
+                                                  c.get_variable(DEMO, "EfirdDemo", 64)))
+            guest.note(repr(got.data))
+            guest.call("SetVariable EfirdDemo (delete)", c.set_variable(DEMO, "EfirdDemo", 7, b""))
+            guest.call("GetVariable EfirdDemo", c.get_variable(DEMO, "EfirdDemo", 64))
+            guest.call("SetVariable EfirdKept", c.set_variable(DEMO, "EfirdKept", 7,
+                                                               b"left for the CLI"))
+            guest.call("ExitBootServices event", c.envelope(g.EVENT_EXIT_BOOT_SERVICES, b""))
+            guest.call("SetVariable BS-only (runtime)", c.set_variable(DEMO, "Late", 3, b"x"))
+            guest.call("malformed envelope (10 bytes)", bytes(10))
+        daemon.wait_for("frontend disconnected")
+        code = daemon.stop()
 
-    print(f"{'call':<36} {'status':<26} {'latency':>10}  detail")
-    for label, status, us, detail in efird.rows:
-        print(f"{label:<36} {status[:26]:<26} {us:>8.0f}us  {detail}")
-    print(f"\nstore left at {STORE} ({STORE.stat().st_size} bytes)")
-    return 0
+    print(f"efird ready {ready_ms:.0f} ms after exec; QEMU: {qemu_line}\n")
+    print(f"{'call':<34} {'status':<22} {'round trip':>11} {'in efird':>9}  detail")
+    for label, status, us, service, detail in guest.rows:
+        served = f"{service:.0f}us" if service is not None else "-"
+        print(f"{label:<34} {status:<22} {us:>9.0f}us {served:>9}  {detail}")
+    print("\nround trip: as the qtest-driven guest saw it (each qtest access is a socket round "
+          "trip to QEMU);\nin efird: the service time efird logged for the request.")
+    print(f"efird exited {code}; store left at {store}")
+    return 0 if code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Event-driven EFI runtime daemon for virtual machines.",
     )
     parser.add_argument("--version", action="version", version=f"efird {__version__}")
-    parser.add_argument("--log-level", default="warning",
+    parser.add_argument("--log-level", default=None,
                         choices=["debug", "info", "warning", "error"],
-                        help="log verbosity (logs go to stderr; JSON unless a terminal)")
+                        help="log verbosity (logs go to stderr; JSON unless a terminal); "
+                             "default: info for serve, warning otherwise")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     call_cmd.add_parser(sub)
     serve_cmd.add_parser(sub)
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    efird_log.configure(args.log_level)
+    efird_log.configure(args.log_level or ("info" if args.command == "serve" else "warning"))
     try:
         result: int = args.run(args)
         return result

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from efird.efi import guid as g
-from efird.efi import pkcs7, siglist
 from efird.efi.status import EfiError, Status
 from efird.efi.time import EfiTime
+
+if TYPE_CHECKING:
+    from efird.efi import pkcs7
+
+# The X.509/PKCS#7 stack (cryptography, asn1crypto) is imported on the first
+# authenticated write, not at start-up: most boots never make one, and it is the largest
+# part of the daemon's start-up time and memory.
 
 WIN_CERT_TYPE_EFI_GUID = 0x0EF1
 WIN_CERT_REVISION = 0x0200
@@ -84,6 +91,8 @@ def check_descriptor(auth: AuthWrite, previous: bytes | None, append: bool) -> N
 
 
 def parse_signature(auth: AuthWrite) -> pkcs7.SignedData:
+    from efird.efi import pkcs7
+
     try:
         return pkcs7.parse_signed_data(auth.cert_data)
     except pkcs7.Pkcs7Error as exc:
@@ -95,15 +104,30 @@ def verify_signed_by(name: str, guid: bytes, attributes: int, auth: AuthWrite,
     """Verify the write against any of the trusted certificates (DER)."""
     sd = parse_signature(auth)
     content = signed_content(name, guid, attributes, auth)
-    if not trusted or not pkcs7.verify(sd, content, trusted):
+    if not trusted or not verify(sd, content, trusted):
         raise EfiError(Status.SECURITY_VIOLATION,
                        "signature does not verify against the trust anchor")
     return sd
 
 
+def verify(sd: pkcs7.SignedData, content: bytes, trusted: list[bytes]) -> bool:
+    from efird.efi import pkcs7
+
+    return pkcs7.verify(sd, content, trusted)
+
+
+def filter_append(existing: bytes, new: bytes) -> bytes:
+    """EDK2 FilterSignatureList: what an APPEND adds that is not there already."""
+    from efird.efi import siglist
+
+    return siglist.filter_append(existing, new)
+
+
 def check_signature_lists(payload: bytes, *, is_pk: bool) -> None:
     """PK/KEK/db/dbx/dbt payloads must be well-formed signature lists (EDK2
     CheckSignatureListFormat): INVALID_PARAMETER otherwise."""
+    from efird.efi import siglist
+
     try:
         siglist.check_format(payload, is_pk=is_pk)
     except siglist.SignatureListError as exc:
@@ -112,6 +136,8 @@ def check_signature_lists(payload: bytes, *, is_pk: bool) -> None:
 
 def certificates_of(data: bytes) -> list[bytes]:
     """X.509 certificates in a stored PK/KEK value; a damaged value yields none."""
+    from efird.efi import siglist
+
     try:
         return siglist.x509_certificates(data)
     except siglist.SignatureListError:
@@ -121,6 +147,8 @@ def certificates_of(data: bytes) -> list[bytes]:
 def private_signer_record(sd: pkcs7.SignedData) -> bytes:
     """What a private authenticated variable remembers of its creator (EDK2's CertDB):
     identity hash (32 bytes) || top-level certificate DER."""
+    from efird.efi import pkcs7
+
     try:
         top, identity = pkcs7.signer_identity(sd)
     except pkcs7.Pkcs7Error as exc:

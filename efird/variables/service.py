@@ -458,7 +458,7 @@ class VariableService:
             return  # an append of nothing changes nothing (QEMU 10 deletes the variable)
         payload = auth.payload
         if append and existing is not None and not is_pk:
-            payload = authvars.siglist.filter_append(existing.data, auth.payload)
+            payload = authvars.filter_append(existing.data, auth.payload)
         deleting = not auth.payload and not append
 
         new_sb = SecureBootState(self.sb.audit, self.sb.deployed, self.sb.vendor_keys)
@@ -490,7 +490,7 @@ class VariableService:
                 raise EfiError(Status.SECURITY_VIOLATION, "signer differs from the creator")
             top = stored_top
         content = authvars.signed_content(key[1], key[0], attributes, auth)
-        if not authvars.pkcs7.verify(sd, content, [top]):
+        if not authvars.verify(sd, content, [top]):
             raise EfiError(Status.SECURITY_VIOLATION, "signature does not verify")
         self._update(key, attributes, auth.payload, existing, timestamp=auth.timestamp,
                      signer=record)
