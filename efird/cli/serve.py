@@ -53,7 +53,7 @@ def add_parser(sub: Any) -> None:
                    help="domain name, put on every log line (default: the store's name)")
     p.add_argument("--connect", action="store_true",
                    help="be the client: connect to a frontend listening on --socket")
-    p.add_argument("--queues", type=int, default=4, metavar="N",
+    p.add_argument("--queues", type=_queue_count, default=4, metavar="N",
                    help="virtqueues offered to the frontend (default 4)")
     p.add_argument("--on-disconnect", choices=["wait", "exit"], default=None,
                    help="when the VMM goes away: wait for the next connection, or exit 0 "
@@ -65,9 +65,14 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def _queue_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.queues <= 64:
-        raise SystemExit("efird serve: --queues must be between 1 and 64")
     domain_name = args.domain or args.store.stem
     structlog.contextvars.bind_contextvars(domain=domain_name)
     store = SqliteStore(args.store)
