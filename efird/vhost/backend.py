@@ -240,7 +240,10 @@ class Connection:
         return P.U64.pack(self.status)
 
     async def _reset(self, payload: bytes, fds: list[int]) -> None:
-        """RESET_DEVICE / RESET_OWNER: every ring stops, negotiation starts over."""
+        """RESET_DEVICE / RESET_OWNER: every ring stops and device state starts afresh.
+        Protocol features belong to the connection and stay (QEMU does not send them
+        again); the memory table stays too (with CONFIGURE_MEM_SLOTS QEMU only sends
+        changes)."""
         close_fds(fds)
         async with self.ring_lock:
             for q in self.queues:
@@ -250,7 +253,6 @@ class Connection:
                 q.vq.has_addresses = False
                 q.enabled = False
             self.features = self.status = 0
-            self.protocol_features = 0
 
     # -- memory ----------------------------------------------------------------------
     async def _set_mem_table(self, payload: bytes, fds: list[int]) -> None:
@@ -365,6 +367,9 @@ class Connection:
             with contextlib.suppress(GuestMemoryError):  # memory not there yet
                 q.vq.sync_used_idx()
             self._start(q)
+            # a restarted daemon looks at its ring at once: the guest will not kick again
+            # for requests it already made available
+            self._poke(q)
 
     async def _set_vring_call(self, payload: bytes, fds: list[int]) -> None:
         q, fd = self._ring_fd(payload, fds)
