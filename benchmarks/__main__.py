@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from benchmarks import variables
+import sys
+
+from benchmarks import variables, vhost
 from benchmarks.common import report
 from efird import log
 
 
 def main() -> None:
     log.configure("error", json=False)
-    report(variables.run())
+    which = set(sys.argv[1:]) or {"variables", "vhost"}
+    figures = []
+    if "variables" in which:
+        figures += variables.run()
+    if "vhost" in which:
+        figures += vhost.run()
+    report(figures)
 
 
 if __name__ == "__main__":

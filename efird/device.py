@@ -16,6 +16,7 @@ import trio
 
 from efird.domain import Domain
 from efird.envelope import Refusal, describe
+from efird.vhost.backend import FastLock
 
 log = structlog.get_logger("efird.device")
 
@@ -23,7 +24,7 @@ log = structlog.get_logger("efird.device")
 class EnvelopeDevice:
     def __init__(self, domain: Domain) -> None:
         self.domain = domain
-        self.lock = trio.Lock()
+        self.lock = FastLock()
         self._limiter = trio.CapacityLimiter(1)
         self.requests = 0
         self.refused = 0
@@ -31,12 +32,15 @@ class EnvelopeDevice:
             else True
 
     async def handle(self, request: bytes) -> bytes | None:
-        async with self.lock:
+        await self.lock.acquire()  # does not yield at all when nothing is in flight
+        try:
             self.requests += 1
             if self.domain.dispatcher.may_block(request):
                 return await trio.to_thread.run_sync(self._serve, request,
                                                      limiter=self._limiter)
             return self._serve(request)
+        finally:
+            self.lock.release()
 
     def _serve(self, request: bytes) -> bytes | None:
         start = time.perf_counter_ns()
