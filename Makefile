@@ -11,7 +11,7 @@ setup: $(STAMP)
 system-deps:
 	bash scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml setup.py cext/build.py cext/*.c cext/*.h protocols/efird.h scripts/install-system-deps.sh
+$(STAMP): pyproject.toml setup.py cext/build.py cext/*.c cext/*.h cext/*.cdef protocols/efird.h scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
