@@ -75,16 +75,22 @@ def test_variable_round_trips_through_qemu(vm: QemuVM, daemon: EfirdDaemon) -> N
     assert "SET_MEM_TABLE" in seen or "ADD_MEM_REG" in seen
 
 
-def test_memory_table_updates_during_bring_up_are_followed(vm: QemuVM,
-                                                           daemon: EfirdDaemon) -> None:
+def test_memory_slots_from_qemu_are_followed(vm: QemuVM, daemon: EfirdDaemon) -> None:
+    """efird offers CONFIGURE_MEM_SLOTS, so QEMU 10 sends its memory table region by
+    region (GET_MAX_MEM_SLOTS, then ADD_MEM_REG per region) instead of SET_MEM_TABLE; the
+    rings live in one of those regions and are translated through it. (Removing and
+    re-adding a region while rings are live is exercised by the Python frontend in
+    test_vhost_backend.py: QEMU only does that when the guest's memory topology changes.)"""
     _, queue = attach(vm)
     for i in range(10):
         assert c.return_status(call(queue, c.set_variable(VENDOR, f"V{i}", 7, b"x"))
                                ) is Status.SUCCESS
     seen = daemon.messages()
-    if "ADD_MEM_REG" in seen:  # CONFIGURE_MEM_SLOTS: QEMU re-adds regions while rings exist
-        assert seen.count("ADD_MEM_REG") >= 1
+    assert "GET_MAX_MEM_SLOTS" in seen and "SET_MEM_TABLE" not in seen
+    assert seen.count("ADD_MEM_REG") >= 1
+    assert seen.index("ADD_MEM_REG") < seen.index("SET_VRING_ADDR")
     assert not daemon.events("virtqueue broken; needs a device reset")
+    assert not daemon.events("bad descriptor chain")
 
 
 def test_malformed_envelope_through_qemu_is_refused_and_serving_goes_on(
