@@ -250,6 +250,7 @@ typedef struct {
 #define EFIRD_BOOTMEM_CONVERT_POINTER 6
 #define EFIRD_BOOTMEM_BUILD_PAGE_TABLES 7
 #define EFIRD_BOOTMEM_EXIT 8
+#define EFIRD_BOOTMEM_INIT_MEMORY_MAP 9
 
 typedef struct {
     uint64_t MemoryMapSize; /* in: bytes of MemoryMap available; out: bytes written/needed */
@@ -303,6 +304,22 @@ typedef struct {
     uint64_t ExitDataSize;
     uint8_t ExitData[];
 } EFIRD_EXIT;
+
+/* PVH's struct hvm_memmap_table_entry (Xen public/arch-x86/hvm/start_info.h). */
+typedef struct {
+    uint64_t Addr;
+    uint64_t Size;
+    uint32_t Type; /* 1 RAM, 2 reserved, 3 ACPI, 4 NVS, 5 unusable, 6 disabled, 7 PMEM */
+    uint32_t Reserved;
+} EFIRD_HVM_MEMMAP_ENTRY;
+
+/* Build the boot memory map from the guest's hvm_start_info memory map (what a PVH
+ * shim has) when the toolstack gave efird none. */
+typedef struct {
+    uint64_t EntryCount;
+    uint64_t Flags;
+    EFIRD_HVM_MEMMAP_ENTRY Entries[];
+} EFIRD_INIT_MEMORY_MAP;
 
 /* kexec service (EFIRD_KEXEC_SERVICE_GUID) */
 #define EFIRD_KEXEC_GET_RUNTIME_MAP 1

@@ -21,6 +21,7 @@ HEADER_DIR = ROOT / "protocols"
 
 GUID_FIELDS = {"Guid", "HeaderGuid", "Namespace", "InputVendorGuid"}
 CHAR16_TAILS = {"Name", "InputVariableName"}
+TAIL_TYPES = {"Entries": "EFIRD_HVM_MEMMAP_ENTRY"}
 
 
 def _c_field(layout: Layout, name: str) -> str:
@@ -47,7 +48,8 @@ def _cdef() -> str:
     for layout in ALL_LAYOUTS:
         fields = [_c_field(layout, n) for n in layout.field_names]
         if layout.tail:
-            elem = "uint16_t" if layout.tail in CHAR16_TAILS else "uint8_t"
+            elem = TAIL_TYPES.get(layout.tail,
+                                  "uint16_t" if layout.tail in CHAR16_TAILS else "uint8_t")
             fields.append(f"{elem} {layout.tail}[];")
         parts.append("typedef struct { " + " ".join(fields) + " ...; } " + layout.c_name + ";")
     return "\n".join(parts)

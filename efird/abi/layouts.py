@@ -197,6 +197,20 @@ EFIRD_EXIT = Layout(
     "ExitDataSize" / U64,
     tail="ExitData",
 )
+EFIRD_HVM_MEMMAP_ENTRY = Layout(
+    "EFIRD_HVM_MEMMAP_ENTRY",
+    "Addr" / U64,
+    "Size" / U64,
+    "Type" / U32,
+    "Reserved" / U32,
+)
+EFIRD_INIT_MEMORY_MAP = Layout(
+    "EFIRD_INIT_MEMORY_MAP",
+    "EntryCount" / U64,
+    "Flags" / U64,
+    tail="Entries",
+    tail_align=8,
+)
 EFIRD_RUNTIME_MAP = Layout(
     "EFIRD_RUNTIME_MAP",
     "MapSize" / U64,
@@ -264,6 +278,7 @@ class BootMemFunction:
     CONVERT_POINTER = 6
     BUILD_PAGE_TABLES = 7
     EXIT = 8
+    INIT_MEMORY_MAP = 9
 
 
 class KexecFunction:
