@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import variables, vhost
+from benchmarks import memmap, pagetable, variables, vhost
 from benchmarks.common import report
 from efird import log
 
 
 def main() -> None:
     log.configure("error", json=False)
-    which = set(sys.argv[1:]) or {"variables", "vhost"}
+    suites = {"variables": variables.run, "vhost": vhost.run, "memmap": memmap.run,
+              "pagetable": pagetable.run}
+    unknown = set(sys.argv[1:]) - set(suites)
+    if unknown:
+        raise SystemExit(f"unknown benchmark suite(s): {', '.join(sorted(unknown))} "
+                         f"(choose from {', '.join(suites)})")
     figures = []
-    if "variables" in which:
-        figures += variables.run()
-    if "vhost" in which:
-        figures += vhost.run()
+    for name, run in suites.items():
+        if not sys.argv[1:] or name in sys.argv[1:]:
+            figures += run()
     report(figures)
 
 

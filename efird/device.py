@@ -17,6 +17,7 @@ import trio
 from efird.domain import Domain
 from efird.envelope import Refusal, describe
 from efird.vhost.backend import FastLock
+from efird.vhost.memory import GuestMemory
 
 log = structlog.get_logger("efird.device")
 
@@ -54,6 +55,10 @@ class EnvelopeDevice:
             log.debug("request", **describe(request, response),
                       us=round((time.perf_counter_ns() - start) / 1000, 1))
         return bytes(response)
+
+    def attach_memory(self, memory: GuestMemory | None) -> None:
+        """The frontend's guest memory (None when it goes): BuildPageTables writes there."""
+        self.domain.bootmem.attach_memory(memory)
 
     async def quiesce(self) -> None:
         """Wait for the request in flight, if any, then hold off new ones."""

@@ -7,8 +7,10 @@ and their state do not.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from efird.bootmem.handler import BootMemoryHandler
+from efird.bootmem.service import BootMemoryService
 from efird.efi import guid as g
 from efird.efi.status import Status
 from efird.envelope import Dispatcher, Refusal
@@ -25,7 +27,6 @@ _Q = struct.Struct("<Q")
 PLANNED_SERVICES = {
     g.EFIRD_TIME_SERVICE: "time",
     g.EFIRD_RESET_SERVICE: "reset",
-    g.EFIRD_BOOTMEM_SERVICE: "boot-memory",
     g.EFIRD_KEXEC_SERVICE: "kexec",
 }
 
@@ -38,10 +39,12 @@ def _unsupported_service(buf: bytearray, start: int, length: int) -> None:
 
 class Domain:
     def __init__(self, store: VariableStore, *, limits: Limits | None = None,
-                 options: Options | None = None) -> None:
+                 options: Options | None = None,
+                 memory_map: Sequence[tuple[int, int, int]] | None = None) -> None:
         self.store = store
         self._closed = False
         self.variables = VariableService(store, limits, options)
+        self.bootmem = BootMemoryService(self.variables, memory_map)
         self.dispatcher = Dispatcher()
         d = self.dispatcher
         d.register(g.SMM_VARIABLE_PROTOCOL, SmmVariableHandler(self.variables),
@@ -55,6 +58,8 @@ class Domain:
                    status_offset=None, name="ready-to-boot")
         d.register(g.EVENT_EXIT_BOOT_SERVICES, self._event(self.variables.exit_boot_services),
                    status_offset=None, name="exit-boot-services")
+        d.register(g.EFIRD_BOOTMEM_SERVICE, BootMemoryHandler(self.bootmem), status_offset=8,
+                   name="boot-memory", may_block=BootMemoryHandler.may_block)
         for guid, name in PLANNED_SERVICES.items():
             d.register(guid, _unsupported_service, status_offset=8, name=name)
 

@@ -290,6 +290,11 @@ typedef struct {
     uint64_t Address; /* in/out */
 } EFIRD_CONVERT_POINTER;
 
+#define EFIRD_PT_RUNTIME_MAPPINGS 0x1u /* also map runtime regions at Linux's -4 GiB layout */
+#define EFIRD_PT_NO_1G 0x2u           /* no 1 GiB leaves (CPU without pdpe1gb) */
+#define EFIRD_PT_4K_ONLY 0x4u         /* 4 KiB leaves only */
+#define EFIRD_PT_NO_NX 0x8u           /* no NX bits (EFER.NXE left clear) */
+
 typedef struct {
     uint64_t TableBase; /* guest-physical address of the area for the tables */
     uint64_t TableSize; /* bytes available there */

@@ -89,3 +89,79 @@ def parse_get_next(response: bytes) -> tuple[Status, bytes, str, int]:
 def parse_query(response: bytes) -> tuple[Status, int, int, int]:
     total, remaining, max_size = struct.unpack_from("<QQQ", response, VAR_DATA)
     return return_status(response), total, remaining, max_size
+
+
+# --- the boot-memory service (EFIRD_BOOTMEM_SERVICE_GUID) ---------------------------------
+BOOTMEM_DATA = _ENV.size + L.EFIRD_SERVICE_HEADER.size  # 40
+
+
+def bootmem_request(function: int, data: bytes = b"") -> bytes:
+    return envelope(g.EFIRD_BOOTMEM_SERVICE,
+                    L.EFIRD_SERVICE_HEADER.struct.pack(function, 0) + data)
+
+
+def get_memory_map(buffer_size: int, descriptor_size: int = 0) -> bytes:
+    return bootmem_request(1, L.EFIRD_GET_MEMORY_MAP.struct.pack(buffer_size, 0,
+                                                                 descriptor_size, 0, 0)
+                           + bytes(buffer_size))
+
+
+def parse_get_memory_map(response: bytes) -> tuple[Status, int, int, int, int, bytes]:
+    """(status, map size, map key, descriptor size, version, the descriptors)."""
+    size, key, desc_size, version, _ = L.EFIRD_GET_MEMORY_MAP.struct.unpack_from(
+        response, BOOTMEM_DATA)
+    at = BOOTMEM_DATA + L.EFIRD_GET_MEMORY_MAP.size
+    status = return_status(response)
+    data = bytes(response[at : at + size]) if status is Status.SUCCESS else b""
+    return status, size, key, desc_size, version, data
+
+
+def allocate_pages(alloc_type: int, memory_type: int, pages: int, memory: int = 0) -> bytes:
+    return bootmem_request(2, L.EFIRD_ALLOCATE_PAGES.struct.pack(alloc_type, memory_type,
+                                                                 pages, memory))
+
+
+def parse_allocate_pages(response: bytes) -> tuple[Status, int]:
+    *_, memory = L.EFIRD_ALLOCATE_PAGES.struct.unpack_from(response, BOOTMEM_DATA)
+    return return_status(response), memory
+
+
+def free_pages(memory: int, pages: int) -> bytes:
+    return bootmem_request(3, L.EFIRD_FREE_PAGES.struct.pack(memory, pages))
+
+
+def exit_boot_services(map_key: int) -> bytes:
+    return bootmem_request(4, L.EFIRD_EXIT_BOOT_SERVICES.struct.pack(map_key))
+
+
+def set_virtual_address_map(virtual_map: bytes, descriptor_size: int, version: int = 1) -> bytes:
+    return bootmem_request(5, L.EFIRD_SET_VIRTUAL_ADDRESS_MAP.struct.pack(
+        len(virtual_map), descriptor_size, version, 0) + virtual_map)
+
+
+def convert_pointer(address: int, debug_disposition: int = 0) -> bytes:
+    return bootmem_request(6, L.EFIRD_CONVERT_POINTER.struct.pack(debug_disposition, address))
+
+
+def parse_convert_pointer(response: bytes) -> tuple[Status, int]:
+    _, address = L.EFIRD_CONVERT_POINTER.struct.unpack_from(response, BOOTMEM_DATA)
+    return return_status(response), address
+
+
+def build_page_tables(base: int, size: int, levels: int = 4, flags: int = 0) -> bytes:
+    return bootmem_request(7, L.EFIRD_BUILD_PAGE_TABLES.struct.pack(base, size, levels, flags,
+                                                                    0, 0))
+
+
+def parse_build_page_tables(response: bytes) -> tuple[Status, int, int]:
+    *_, cr3, used = L.EFIRD_BUILD_PAGE_TABLES.struct.unpack_from(response, BOOTMEM_DATA)
+    return return_status(response), cr3, used
+
+
+def exit_image(exit_status: int, exit_data: bytes = b"") -> bytes:
+    return bootmem_request(8, L.EFIRD_EXIT.struct.pack(exit_status, len(exit_data)) + exit_data)
+
+
+def init_memory_map(entries: list[tuple[int, int, int]], flags: int = 0) -> bytes:
+    body = b"".join(L.EFIRD_HVM_MEMMAP_ENTRY.struct.pack(a, s, t, 0) for a, s, t in entries)
+    return bootmem_request(9, L.EFIRD_INIT_MEMORY_MAP.struct.pack(len(entries), flags) + body)

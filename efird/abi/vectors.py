@@ -120,8 +120,26 @@ SCENARIOS: dict[str, list[Step]] = {
     "09-planned-services": [
         ("time service, GetTime: UNSUPPORTED until implemented",
          c.envelope(g.EFIRD_TIME_SERVICE, struct.pack("<QQ", 1, 0) + bytes(32))),
-        ("boot-memory service: UNSUPPORTED until implemented",
-         c.envelope(g.EFIRD_BOOTMEM_SERVICE, struct.pack("<QQ", 1, 0) + bytes(32))),
+        ("kexec service: UNSUPPORTED until implemented",
+         c.envelope(g.EFIRD_KEXEC_SERVICE, struct.pack("<QQ", 1, 0) + bytes(32))),
+    ],
+    "10-boot-memory": [
+        ("GetMemoryMap before any map: NOT_READY", c.get_memory_map(256)),
+        ("InitMemoryMap from a PVH hvm_memmap: 640 KiB + 127 MiB RAM, a reserved page",
+         c.init_memory_map([(0, 0xA0000, 1), (0x100000, 0x7F00000, 1),
+                            (0xFEC00000, 0x1000, 2)])),
+        ("GetMemoryMap into 16 bytes: BUFFER_TOO_SMALL, size and DescriptorSize 48 filled",
+         c.get_memory_map(16)),
+        ("GetMemoryMap", c.get_memory_map(256)),
+        ("AllocatePages AllocateAnyPages, LoaderData, 2 pages", c.allocate_pages(0, 2, 2)),
+        ("AllocatePages AllocateAddress 0x200000, LoaderCode, 1 page",
+         c.allocate_pages(2, 1, 1, 0x200000)),
+        ("FreePages of pages never allocated: NOT_FOUND", c.free_pages(0x400000, 1)),
+        ("FreePages 0x200000", c.free_pages(0x200000, 1)),
+        ("ExitBootServices with a stale MapKey: INVALID_PARAMETER", c.exit_boot_services(1)),
+        ("GetMemoryMap", c.get_memory_map(256)),
+        ("BuildPageTables without guest memory (efird call): UNSUPPORTED",
+         c.build_page_tables(0x1000000, 0x100000)),
     ],
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from efird.domain import Domain
@@ -37,10 +38,41 @@ def add_parser(sub: Any) -> None:
         description=__doc__, epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, metavar="PATH",
                    help="the domain's variable store (created if missing)")
+    p.add_argument("--memmap", type=Path, metavar="FILE",
+                   help="the guest's memory layout for the boot-memory service: lines "
+                        "'START SIZE KIND' (KIND: E820 number or ram, reserved, acpi, nvs, "
+                        "mmio, runtime-code, ...); without it the guest must send "
+                        "InitMemoryMap")
     p.add_argument("--require-self-signed-pk", action="store_true",
                    help="in setup mode, accept only a PK that signed itself "
                         "(EDK2 PcdRequireSelfSignedPk; default off, as OVMF ships)")
     p.set_defaults(run=run)
+
+
+def load_memory_map(path: Path | None) -> list[tuple[int, int, int]] | None:
+    """--memmap, or an operator error naming the file (exit 2)."""
+    if path is None:
+        return None
+    from efird.bootmem.description import DescriptionError, load
+
+    try:
+        return load(path)
+    except DescriptionError as exc:
+        raise UsageError(f"--memmap {exc}") from None
+
+
+def make_domain(store: SqliteStore, args: argparse.Namespace,
+                memory_map: list[tuple[int, int, int]] | None) -> Domain:
+    try:
+        return Domain(store, memory_map=memory_map,
+                      options=Options(require_self_signed_pk=args.require_self_signed_pk))
+    except ValueError as exc:
+        store.close()
+        raise UsageError(f"--memmap {args.memmap}: {exc}") from None
+
+
+class UsageError(Exception):
+    """An operator error; main() prints it and exits 2."""
 
 
 def serve_lines(domain: Domain, lines: TextIO, out: TextIO) -> None:
@@ -63,8 +95,9 @@ def serve_lines(domain: Domain, lines: TextIO, out: TextIO) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    memory_map = load_memory_map(args.memmap)
     store = SqliteStore(args.store)
-    domain = Domain(store, options=Options(require_self_signed_pk=args.require_self_signed_pk))
+    domain = make_domain(store, args, memory_map)
     try:
         serve_lines(domain, sys.stdin, sys.stdout)
     except BrokenPipeError:

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.run(args)
         return result
-    except StoreError as exc:
+    except (StoreError, call_cmd.UsageError) as exc:
         print(f"efird: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

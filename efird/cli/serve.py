@@ -12,11 +12,11 @@ from typing import Any
 import structlog
 import trio
 
+from efird.cli.call import load_memory_map, make_domain
 from efird.device import EnvelopeDevice
 from efird.domain import Domain
 from efird.notify import sd_notify
 from efird.store.sqlite import SqliteStore
-from efird.variables.service import Options
 from efird.vhost import server
 
 log = structlog.get_logger("efird.serve")
@@ -60,6 +60,11 @@ def add_parser(sub: Any) -> None:
                         "(default: wait when listening, exit with --connect)")
     p.add_argument("--socket-mode", type=lambda v: int(v, 8), default=0o600, metavar="OCTAL",
                    help="permissions of the listening socket (default 600)")
+    p.add_argument("--memmap", type=Path, metavar="FILE",
+                   help="the guest's memory layout for the boot-memory service: lines "
+                        "'START SIZE KIND' (KIND: E820 number or ram, reserved, acpi, nvs, "
+                        "mmio, runtime-code, ...); without it the guest must send "
+                        "InitMemoryMap")
     p.add_argument("--require-self-signed-pk", action="store_true",
                    help="in setup mode, accept only a PK that signed itself")
     p.set_defaults(run=run)
@@ -75,8 +80,9 @@ def _queue_count(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     domain_name = args.domain or args.store.stem
     structlog.contextvars.bind_contextvars(domain=domain_name)
+    memory_map = load_memory_map(args.memmap)
     store = SqliteStore(args.store)
-    domain = Domain(store, options=Options(require_self_signed_pk=args.require_self_signed_pk))
+    domain = make_domain(store, args, memory_map)
     try:
         trio.run(_serve, args, domain)
     except (server.SocketInUseError, ConnectionError, OSError) as exc:

@@ -79,6 +79,9 @@ class Device(Protocol):
     async def handle(self, request: bytes) -> bytes | None:
         """The response to write into the chain, or None to refuse it (used.len 0)."""
 
+    def attach_memory(self, memory: GuestMemory | None) -> None:
+        """The frontend's guest memory, for a device that writes into it (or None)."""
+
 
 class Refused(Exception):
     """This message is refused; the connection continues."""
@@ -120,6 +123,7 @@ class Connection:
         self.protocol_features = 0
         self.status = 0
         self.ring_lock = FastLock()  # held by a worker per chain, and by state changes
+        device.attach_memory(self.memory)
         self.log = log.bind(peer="frontend")
         self._handlers: dict[int, Callable[[bytes, list[int]], Awaitable[bytes | None]]] = {
             P.Request.GET_FEATURES: self._get_features,
@@ -545,4 +549,5 @@ class Connection:
                         close_fds([fd])
                 q.kick_fd = q.call_fd = q.err_fd = None
             self.memory.clear()
+        self.device.attach_memory(None)
         self.sock.close()

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 
-class GuestMemoryError(Exception):
+class GuestMemoryError(ValueError):
     """An address or length the guest (or frontend) gave does not fit guest memory."""
 
 

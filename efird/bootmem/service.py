@@ -1,0 +1,189 @@
+"""The boot-memory service: the guest's EFI memory map, its allocations, ExitBootServices
+with a real MapKey, the runtime virtual map, and the page tables, written straight into
+guest memory by the C core.
+
+Transport-free like the variable service: the envelope handler (handler.py) decodes
+requests; the daemon attaches guest memory (`attach_memory`) so BuildPageTables can
+write tables where the guest asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from efird.core import pagetable
+from efird.core.memmap import MemoryMap
+from efird.core.memmap_ref import Attribute, MemoryType
+from efird.efi.status import Status
+from efird.variables.service import VariableService
+
+log = structlog.get_logger("efird.bootmem")
+
+DEFAULT_CAPACITY = 4096  # descriptors; AllocatePages splits at most two per call
+# BuildPageTables flags (protocols/efird.h EFIRD_PT_*)
+FLAG_RUNTIME_MAPPINGS = 0x1  # also map runtime regions where Linux puts them (-4 GiB down)
+FLAG_NO_1G = 0x2  # no 1 GiB leaves (CPUs without pdpe1gb, e.g. QEMU's qemu64)
+FLAG_4K_ONLY = 0x4
+FLAG_NO_NX = 0x8  # the loader leaves EFER.NXE clear
+_BUILD_FLAGS = {FLAG_NO_1G: pagetable.BUILD_NO_1G, FLAG_4K_ONLY: pagetable.BUILD_4K_ONLY,
+                FLAG_NO_NX: pagetable.BUILD_NO_NX}
+KNOWN_FLAGS = FLAG_RUNTIME_MAPPINGS | FLAG_NO_1G | FLAG_4K_ONLY | FLAG_NO_NX
+
+CODE_TYPES = {MemoryType.LOADER_CODE, MemoryType.BOOT_SERVICES_CODE,
+              MemoryType.RUNTIME_SERVICES_CODE}
+MMIO_TYPES = {MemoryType.MMIO, MemoryType.MMIO_PORT_SPACE}
+UNMAPPED_TYPES = {MemoryType.UNUSABLE}
+
+
+class GuestMemoryView(Protocol):
+    def view(self, addr: int, length: int) -> memoryview:
+        """Bounds-checked guest-physical memory; raises ValueError when out of range."""
+
+
+class BootMemoryService:
+    def __init__(self, variables: VariableService,
+                 regions: Sequence[tuple[int, int, int]] | None = None,
+                 capacity: int = DEFAULT_CAPACITY) -> None:
+        self.variables = variables
+        self.regions = list(regions) if regions else None
+        self.map = MemoryMap(capacity)
+        self.has_map = False
+        self.exited = False
+        self.exit_status: int | None = None
+        self.guest_memory: GuestMemoryView | None = None
+        if self.regions is not None:
+            status = self.map.build(self.regions)
+            if status is not Status.SUCCESS:
+                raise ValueError(f"the toolstack's memory description is invalid: {status.name}")
+            self.has_map = True
+
+    def attach_memory(self, memory: GuestMemoryView | None) -> None:
+        self.guest_memory = memory
+
+    def reset(self) -> None:
+        """Platform reset: the map starts again from the toolstack's description."""
+        self.exited = False
+        self.exit_status = None
+        self.map = MemoryMap(self.map.capacity)
+        self.has_map = False
+        if self.regions is not None:
+            self.map.build(self.regions)
+            self.has_map = True
+
+    # -- boot services -------------------------------------------------------------------
+    def _boot_phase(self) -> Status | None:
+        if self.exited:
+            return Status.UNSUPPORTED  # boot services are gone after ExitBootServices
+        if not self.has_map:
+            return Status.NOT_READY
+        return None
+
+    def init_memory_map(self, regions: Sequence[tuple[int, int, int]]) -> Status:
+        """Build the map from the guest's hvm_memmap when the toolstack gave none."""
+        if self.exited:
+            return Status.UNSUPPORTED
+        if self.has_map:
+            return Status.ALREADY_STARTED
+        status = self.map.build(regions)
+        if status is Status.SUCCESS:
+            self.has_map = True
+        return status
+
+    def get_memory_map(self, buffer: memoryview, descriptor_size: int
+                       ) -> tuple[Status, int, int, int, int]:
+        """(status, size written or needed, map key, descriptor size, version)."""
+        refused = self._boot_phase()
+        if refused is not None:
+            return refused, 0, 0, descriptor_size, 0
+        info = self.map.get_memory_map(buffer, descriptor_size)
+        return (info.status, info.map_size, info.map_key, info.descriptor_size,
+                info.descriptor_version)
+
+    def allocate_pages(self, alloc_type: int, memory_type: int, pages: int,
+                       memory: int) -> tuple[Status, int]:
+        refused = self._boot_phase()
+        if refused is not None:
+            return refused, memory
+        return self.map.allocate_pages(alloc_type, memory_type, pages, memory)
+
+    def free_pages(self, memory: int, pages: int) -> Status:
+        refused = self._boot_phase()
+        if refused is not None:
+            return refused
+        return self.map.free_pages(memory, pages)
+
+    def exit_boot_services(self, map_key: int) -> Status:
+        """A stale key leaves everything as it was (Linux then fetches the map again)."""
+        refused = self._boot_phase()
+        if refused is not None:
+            return refused
+        if map_key != self.map.map_key:
+            return Status.INVALID_PARAMETER
+        self.exited = True
+        self.variables.exit_boot_services()
+        log.info("exit boot services", map_key=map_key)
+        return Status.SUCCESS
+
+    def exit(self, exit_status: int, exit_data: bytes) -> Status:
+        """The loaded image gave up: recorded and reported to the toolstack."""
+        self.exit_status = exit_status
+        log.error("guest image exited", exit_status=f"{exit_status:#x}",
+                  exit_data=exit_data[:256].decode("utf-16-le", errors="replace").rstrip("\0"))
+        return Status.SUCCESS
+
+    # -- runtime ---------------------------------------------------------------------------
+    def set_virtual_address_map(self, virtual_map: bytes, descriptor_size: int,
+                                version: int) -> Status:
+        if not self.exited:
+            return Status.UNSUPPORTED  # only callable at runtime (UEFI 2.10 §8.4.1)
+        return self.map.set_virtual_address_map(virtual_map, descriptor_size, version)
+
+    def convert_pointer(self, debug_disposition: int, address: int) -> tuple[Status, int]:
+        return self.map.convert_pointer(address, debug_disposition)
+
+    # -- page tables -----------------------------------------------------------------------
+    def build_page_tables(self, table_base: int, table_size: int, levels: int,
+                          flags: int) -> tuple[Status, int, int]:
+        """(status, CR3, bytes used): an identity map of the memory map, plus Linux's
+        -4 GiB runtime mappings with FLAG_RUNTIME_MAPPINGS, written at table_base."""
+        if not self.has_map:
+            return Status.NOT_READY, 0, 0
+        if flags & ~KNOWN_FLAGS or levels not in (4, 5):
+            return Status.INVALID_PARAMETER, 0, 0
+        if self.guest_memory is None:
+            return Status.UNSUPPORTED, 0, 0  # no guest memory attached (efird call)
+        try:
+            target = self.guest_memory.view(table_base, table_size)
+        except ValueError:
+            return Status.INVALID_PARAMETER, 0, 0
+        ranges, mappings = self._mappings(bool(flags & FLAG_RUNTIME_MAPPINGS))
+        try:
+            build_flags = sum(v for k, v in _BUILD_FLAGS.items() if flags & k)
+            built = pagetable.build(target, table_base, levels, ranges, mappings, build_flags)
+        except pagetable.PageTableError as exc:
+            return exc.status, 0, exc.bytes_needed
+        finally:
+            target.release()
+        return Status.SUCCESS, built.cr3, built.bytes_used
+
+    def _mappings(self, runtime: bool) -> tuple[list[pagetable.Range], list[pagetable.Mapping]]:
+        ranges = []
+        regions = []
+        for d in self.map.descriptors():
+            if d.type in UNMAPPED_TYPES or not d.num_pages:
+                continue
+            flags = pagetable.CODE if d.type in CODE_TYPES else 0
+            flags |= pagetable.CACHE_UC if d.type in MMIO_TYPES else pagetable.CACHE_WB
+            ranges.append(pagetable.Range(d.phys_start, d.num_pages << 12, flags))
+            if d.attribute & Attribute.RUNTIME:
+                regions.append(pagetable.EfiRegion(d.type, d.phys_start, d.num_pages,
+                                                   d.attribute))
+        mappings: list[pagetable.Mapping] = []
+        if runtime and regions:
+            encoded = pagetable.pack_memory_map(regions)
+            virt = pagetable.linux_efi_virtual_addresses(encoded)
+            mappings = pagetable.linux_runtime_mappings(regions, virt)
+        return ranges, mappings
