@@ -265,3 +265,30 @@ def test_client_mode_connects_to_a_listening_frontend(workdir: Path) -> None:
         finally:
             front.disconnect()
         assert daemon.proc is not None and daemon.proc.wait(20) == 0  # --connect: exit
+
+
+def test_boot_memory_and_page_tables_through_the_transport(workdir: Path) -> None:
+    """BuildPageTables writes the tables straight into the frontend's guest memory."""
+    from efird.bootmem.description import q35
+    from efird.core import pagetable
+
+    memmap = workdir / "q35.memmap"
+    memmap.write_text("".join(f"{a:#x} {s:#x} {k}\n" for a, s, k in q35(4096)))
+    with EfirdDaemon(workdir / "vu.sock", workdir / "vm.efivars", "--memmap", str(memmap)
+                     ) as daemon, VhostUserFrontend([RegionSpec(8 << 20)], timeout=10.0) as front:
+        front.connect(daemon.socket)
+        front.handshake()
+        status, size, key, *_ = c.parse_get_memory_map(call(front, c.get_memory_map(4096)))
+        assert status is Status.SUCCESS and size % 48 == 0
+        status, addr = c.parse_allocate_pages(call(front, c.allocate_pages(2, 2, 256,
+                                                                            0x400000)))
+        assert (status, addr) == (Status.SUCCESS, 0x400000)
+        status, cr3, used = c.parse_build_page_tables(call(front, c.build_page_tables(
+            0x400000, 256 * 4096, 4, 0x1)))
+        assert status is Status.SUCCESS and cr3 == 0x400000
+        tables = front.memory.read(0x400000, used)
+        for va in (0x1000, 0x7FFFF000, 0x17FFFF000):
+            t = pagetable.walk(tables, 0x400000, cr3, 4, va)
+            assert t is not None and t.phys == va
+        key = c.parse_get_memory_map(call(front, c.get_memory_map(4096)))[2]
+        assert c.return_status(call(front, c.exit_boot_services(key))) is Status.SUCCESS
