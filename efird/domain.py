@@ -6,21 +6,17 @@ and their state do not.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 
 from efird.bootmem.handler import BootMemoryHandler
 from efird.bootmem.service import BootMemoryService
 from efird.efi import guid as g
-from efird.efi.status import Status
-from efird.envelope import Dispatcher, Refusal
+from efird.envelope import Dispatcher, FunctionHandler
 from efird.store.base import VariableStore
 from efird.variables.limits import Limits
 from efird.variables.policy_mmi import RESULT_OFFSET, PolicyMmiHandler
 from efird.variables.service import Options, VariableService
 from efird.variables.smm import STATUS_OFFSET, SmmVariableHandler
-
-_Q = struct.Struct("<Q")
 
 # efird's own services, defined in protocols/ and implemented by later milestones: until
 # then each answers every function with EFI_UNSUPPORTED in its ReturnStatus.
@@ -29,12 +25,6 @@ PLANNED_SERVICES = {
     g.EFIRD_RESET_SERVICE: "reset",
     g.EFIRD_KEXEC_SERVICE: "kexec",
 }
-
-
-def _unsupported_service(buf: bytearray, start: int, length: int) -> None:
-    if length < 16:
-        raise Refusal(Status.BAD_BUFFER_SIZE, "payload shorter than EFIRD_SERVICE_HEADER")
-    _Q.pack_into(buf, start + 8, Status.UNSUPPORTED)
 
 
 class Domain:
@@ -61,7 +51,9 @@ class Domain:
         d.register(g.EFIRD_BOOTMEM_SERVICE, BootMemoryHandler(self.bootmem), status_offset=8,
                    name="boot-memory", may_block=BootMemoryHandler.may_block)
         for guid, name in PLANNED_SERVICES.items():
-            d.register(guid, _unsupported_service, status_offset=8, name=name)
+            planned = FunctionHandler()  # no functions yet: each answers EFI_UNSUPPORTED
+            planned.header_name = "EFIRD_SERVICE_HEADER"
+            d.register(guid, planned, status_offset=8, name=name)
 
     @staticmethod
     def _event(action: Callable[[], object]) -> Callable[[bytearray, int, int], None]:

@@ -38,6 +38,39 @@ class Refusal(Exception):
         self.reason = reason
 
 
+class StatusError(Exception):
+    """Raised inside a handler: answer this status and stop."""
+
+    def __init__(self, status: Status) -> None:
+        super().__init__(status.name)
+        self.status = status
+
+
+FunctionImpl = Callable[[bytearray, int, int], Status]
+
+
+class FunctionHandler:
+    """Payloads shaped {Function u64, ReturnStatus u64, data}: EDK2's SMM variable
+    protocol and efird's own services. Subclasses fill `functions`; an implementation
+    gets (buffer, data offset, data length) and returns the status to write back."""
+
+    header_name = "the function header"
+
+    def __init__(self) -> None:
+        self.functions: dict[int, FunctionImpl] = {}
+
+    def __call__(self, buf: bytearray, start: int, length: int) -> None:
+        if length < 16:
+            raise Refusal(Status.BAD_BUFFER_SIZE, f"payload shorter than {self.header_name}")
+        (function,) = _LENGTH.unpack_from(buf, start)
+        impl = self.functions.get(function)
+        try:
+            status = Status.UNSUPPORTED if impl is None else impl(buf, start + 16, length - 16)
+        except StatusError as error:
+            status = error.status
+        _LENGTH.pack_into(buf, start + 8, status)
+
+
 @dataclass(frozen=True)
 class Route:
     handler: Handler

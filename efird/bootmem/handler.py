@@ -9,11 +9,9 @@ from efird.abi import layouts as L
 from efird.abi.layouts import BootMemFunction as F
 from efird.bootmem.service import BootMemoryService
 from efird.efi.status import Status
-from efird.envelope import Refusal
+from efird.envelope import FunctionHandler
 
-_HDR = L.EFIRD_SERVICE_HEADER
 _Q = struct.Struct("<Q")
-STATUS_OFFSET = _HDR.offsets["ReturnStatus"]
 _GMM = L.EFIRD_GET_MEMORY_MAP
 _ALLOC = L.EFIRD_ALLOCATE_PAGES
 _FREE = L.EFIRD_FREE_PAGES
@@ -27,10 +25,13 @@ _HVM = L.EFIRD_HVM_MEMMAP_ENTRY
 MAX_INIT_ENTRIES = 4096
 
 
-class BootMemoryHandler:
+class BootMemoryHandler(FunctionHandler):
+    header_name = "EFIRD_SERVICE_HEADER"
+
     def __init__(self, service: BootMemoryService) -> None:
+        super().__init__()
         self.service = service
-        self._functions = {
+        self.functions = {
             F.GET_MEMORY_MAP: self._get_memory_map,
             F.ALLOCATE_PAGES: self._allocate_pages,
             F.FREE_PAGES: self._free_pages,
@@ -46,15 +47,6 @@ class BootMemoryHandler:
     def may_block(request: bytes) -> bool:
         """Building page tables for a large guest takes milliseconds."""
         return len(request) >= 32 and _Q.unpack_from(request, 24)[0] == F.BUILD_PAGE_TABLES
-
-    def __call__(self, buf: bytearray, start: int, length: int) -> None:
-        if length < _HDR.size:
-            raise Refusal(Status.BAD_BUFFER_SIZE, "payload shorter than EFIRD_SERVICE_HEADER")
-        (function,) = _Q.unpack_from(buf, start)
-        fn = self._functions.get(function)
-        p, avail = start + _HDR.size, length - _HDR.size
-        status = Status.UNSUPPORTED if fn is None else fn(buf, p, avail)
-        _Q.pack_into(buf, start + STATUS_OFFSET, status)
 
     def _get_memory_map(self, buf: bytearray, p: int, avail: int) -> Status:
         if avail < _GMM.size:

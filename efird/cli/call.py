@@ -36,8 +36,14 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "call", help="serve hex-encoded envelopes from stdin (reference for firmware authors)",
         description=__doc__, epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, metavar="PATH",
+    p.add_argument("--store", required=True, type=Path, metavar="PATH",
                    help="the domain's variable store (created if missing)")
+    add_domain_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_domain_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that shape a Domain, shared by `call` and `serve`."""
     p.add_argument("--memmap", type=Path, metavar="FILE",
                    help="the guest's memory layout for the boot-memory service: lines "
                         "'START SIZE KIND' (KIND: E820 number or ram, reserved, acpi, nvs, "
@@ -46,7 +52,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--require-self-signed-pk", action="store_true",
                    help="in setup mode, accept only a PK that signed itself "
                         "(EDK2 PcdRequireSelfSignedPk; default off, as OVMF ships)")
-    p.set_defaults(run=run)
 
 
 def load_memory_map(path: Path | None) -> list[tuple[int, int, int]] | None:

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 import trio
 
-from efird.cli.call import load_memory_map, make_domain
+from efird.cli.call import add_domain_arguments, load_memory_map, make_domain
 from efird.device import EnvelopeDevice
 from efird.domain import Domain
 from efird.notify import sd_notify
@@ -60,13 +60,7 @@ def add_parser(sub: Any) -> None:
                         "(default: wait when listening, exit with --connect)")
     p.add_argument("--socket-mode", type=lambda v: int(v, 8), default=0o600, metavar="OCTAL",
                    help="permissions of the listening socket (default 600)")
-    p.add_argument("--memmap", type=Path, metavar="FILE",
-                   help="the guest's memory layout for the boot-memory service: lines "
-                        "'START SIZE KIND' (KIND: E820 number or ram, reserved, acpi, nvs, "
-                        "mmio, runtime-code, ...); without it the guest must send "
-                        "InitMemoryMap")
-    p.add_argument("--require-self-signed-pk", action="store_true",
-                   help="in setup mode, accept only a PK that signed itself")
+    add_domain_arguments(p)
     p.set_defaults(run=run)
 
 

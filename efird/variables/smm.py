@@ -14,7 +14,7 @@ from efird.abi import layouts as L
 from efird.abi.layouts import VarFunction as F
 from efird.efi.status import Status
 from efird.efi.ucs2 import decode_units
-from efird.envelope import Refusal
+from efird.envelope import FunctionHandler, StatusError
 from efird.variables.service import VariableService
 
 _HDR = L.SMM_VARIABLE_COMMUNICATE_HEADER
@@ -29,16 +29,11 @@ NEXT_NAME = _NEXT.size  # 24
 STATUS_OFFSET = _HDR.offsets["ReturnStatus"]
 
 
-class _Denied(Exception):
-    def __init__(self, status: Status) -> None:
-        self.status = status
-
-
 def _name_at(buf: bytearray, start: int, size: int) -> str:
     """The NUL-terminated name in `size` bytes: ACCESS_DENIED unless the last CHAR16 is
     NUL (EDK2); efird also refuses an odd size. Embedded NULs end the name (EDK2)."""
     if size < 2 or size % 2 or buf[start + size - 2] or buf[start + size - 1]:
-        raise _Denied(Status.ACCESS_DENIED)
+        raise StatusError(Status.ACCESS_DENIED)
     raw = bytes(buf[start : start + size])
     end = raw.find(b"\0\0")
     while end % 2:  # a NUL pair straddling two characters is not a NUL character
@@ -46,12 +41,15 @@ def _name_at(buf: bytearray, start: int, size: int) -> str:
     return decode_units(raw[:end]) if end else ""
 
 
-class SmmVariableHandler:
+class SmmVariableHandler(FunctionHandler):
     """Decodes one SMM variable request, calls the service, encodes the answer."""
 
+    header_name = "SMM_VARIABLE_COMMUNICATE_HEADER"
+
     def __init__(self, service: VariableService) -> None:
+        super().__init__()
         self.service = service
-        self._functions = {
+        self.functions = {
             F.GET_VARIABLE: self._get_variable,
             F.GET_NEXT_VARIABLE_NAME: self._get_next,
             F.SET_VARIABLE: self._set_variable,
@@ -67,26 +65,13 @@ class SmmVariableHandler:
         """SetVariable writes the store and may verify signatures; the rest is memory."""
         return len(request) >= 32 and _Q.unpack_from(request, 24)[0] == F.SET_VARIABLE
 
-    def __call__(self, buf: bytearray, start: int, length: int) -> None:
-        if length < _HDR.size:
-            raise Refusal(Status.BAD_BUFFER_SIZE,
-                          "payload shorter than SMM_VARIABLE_COMMUNICATE_HEADER")
-        (function,) = _Q.unpack_from(buf, start)
-        fn = self._functions.get(function)
-        p, avail = start + _HDR.size, length - _HDR.size
-        try:
-            status = Status.UNSUPPORTED if fn is None else fn(buf, p, avail)
-        except _Denied as denied:
-            status = denied.status
-        _Q.pack_into(buf, start + STATUS_OFFSET, status)
-
     # GetVariable / SetVariable share SMM_VARIABLE_COMMUNICATE_ACCESS_VARIABLE.
     def _access(self, buf: bytearray, p: int, avail: int) -> tuple[bytes, int, int, int, str]:
         if avail < ACCESS_NAME:
-            raise _Denied(Status.BAD_BUFFER_SIZE)
+            raise StatusError(Status.BAD_BUFFER_SIZE)
         guid, data_size, name_size, attributes = _ACCESS.struct.unpack_from(buf, p)
         if ACCESS_NAME + name_size + data_size > avail:
-            raise _Denied(Status.ACCESS_DENIED)
+            raise StatusError(Status.ACCESS_DENIED)
         name = _name_at(buf, p + ACCESS_NAME, name_size)
         return guid, data_size, name_size, attributes, name
 
@@ -108,15 +93,15 @@ class SmmVariableHandler:
 
     def _get_next(self, buf: bytearray, p: int, avail: int) -> Status:
         if avail < NEXT_NAME:
-            raise _Denied(Status.BAD_BUFFER_SIZE)
+            raise StatusError(Status.BAD_BUFFER_SIZE)
         guid, name_size = _NEXT.struct.unpack_from(buf, p)
         if NEXT_NAME + name_size > avail:
-            raise _Denied(Status.ACCESS_DENIED)
+            raise StatusError(Status.ACCESS_DENIED)
         # EDK2 checks the end of the whole name buffer (NameSize is the output capacity).
         buffer_size = avail - NEXT_NAME
         last = p + NEXT_NAME + (buffer_size // 2) * 2 - 2
         if buffer_size < 2 or buf[last] or buf[last + 1]:
-            raise _Denied(Status.ACCESS_DENIED)
+            raise StatusError(Status.ACCESS_DENIED)
         # VariableServiceGetNextVariableName: a NUL within the first NameSize bytes.
         max_chars = name_size // 2
         raw = bytes(buf[p + NEXT_NAME : p + NEXT_NAME + max_chars * 2])
@@ -137,7 +122,7 @@ class SmmVariableHandler:
     def _query(self, buf: bytearray, p: int, avail: int) -> Status:
         # EDK2 wants sizeof (32); QEMU and older guests send the packed 28 bytes.
         if avail < _QUERY.size:
-            raise _Denied(Status.BAD_BUFFER_SIZE)
+            raise StatusError(Status.BAD_BUFFER_SIZE)
         (attributes,) = _I.unpack_from(buf, p + _QUERY.offsets["Attributes"])
         status, total, remaining, max_size = self.service.query_variable_info(attributes)
         if status is Status.SUCCESS:
@@ -155,10 +140,10 @@ class SmmVariableHandler:
         if self.service.phase.end_of_dxe or self.service.phase.at_runtime:
             return Status.ACCESS_DENIED
         if avail < NEXT_NAME:
-            raise _Denied(Status.BAD_BUFFER_SIZE)
+            raise StatusError(Status.BAD_BUFFER_SIZE)
         guid, name_size = _NEXT.struct.unpack_from(buf, p)
         if NEXT_NAME + name_size > avail:
-            raise _Denied(Status.ACCESS_DENIED)
+            raise StatusError(Status.ACCESS_DENIED)
         name = _name_at(buf, p + NEXT_NAME, name_size)
         if not name:
             return Status.INVALID_PARAMETER
@@ -166,6 +151,6 @@ class SmmVariableHandler:
 
     def _payload_size(self, buf: bytearray, p: int, avail: int) -> Status:
         if avail < L.SMM_VARIABLE_COMMUNICATE_GET_PAYLOAD_SIZE.size:
-            raise _Denied(Status.BAD_BUFFER_SIZE)
+            raise StatusError(Status.BAD_BUFFER_SIZE)
         _Q.pack_into(buf, p, self.service.limits.payload_size)
         return Status.SUCCESS
