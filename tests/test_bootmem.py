@@ -187,3 +187,29 @@ def test_memmap_description_files(tmp_path: Path) -> None:
         load(tmp_path / "missing.memmap")
     with pytest.raises(DescriptionError, match=r"expected 'START SIZE KIND'"):
         parse("0 0x1000\n")
+
+
+def test_page_table_attributes_follow_the_map(tmp_path: Path) -> None:
+    """Code is executable, everything else NX; MMIO is uncached (PCD|PWT)."""
+    d = Domain(SqliteStore(tmp_path / "vm.efivars"),
+               memory_map=[(0, 0x200000, 1), (0x200000, 0x200000, 0x105),
+                           (0xFE000000, 0x200000, 0x100)])
+    fd = os.memfd_create("guest")
+    os.ftruncate(fd, 16 << 20)
+    memory = GuestMemory()
+    memory.add(map_region(fd, 0, 16 << 20, 0x7F0000000000, 0))
+    os.close(fd)
+    d.bootmem.attach_memory(memory)
+    guest = Guest(d)
+    status, cr3, _used = c.parse_build_page_tables(guest.raw(c.build_page_tables(0x800000,
+                                                                                1 << 20)))
+    assert status is S.SUCCESS
+    tables = memory.view(0x800000, 1 << 20)
+    data, code, mmio = (pagetable.walk(tables, 0x800000, cr3, 4, va)
+                        for va in (0x1000, 0x201000, 0xFE000000))
+    assert data is not None and code is not None and mmio is not None
+    nx, pcd, pwt = 1 << 63, 1 << 4, 1 << 3
+    assert data.entry & nx and not code.entry & nx
+    assert mmio.entry & pcd and mmio.entry & pwt and mmio.entry & nx
+    tables.release()
+    d.close()

@@ -36,6 +36,7 @@ CODE_TYPES = {MemoryType.LOADER_CODE, MemoryType.BOOT_SERVICES_CODE,
               MemoryType.RUNTIME_SERVICES_CODE}
 MMIO_TYPES = {MemoryType.MMIO, MemoryType.MMIO_PORT_SPACE}
 UNMAPPED_TYPES = {MemoryType.UNUSABLE}
+EFI_MEMORY_RO = 0x20000
 
 
 class GuestMemoryView(Protocol):
@@ -176,7 +177,14 @@ class BootMemoryService:
             if d.type in UNMAPPED_TYPES or not d.num_pages:
                 continue
             flags = pagetable.CODE if d.type in CODE_TYPES else 0
-            flags |= pagetable.CACHE_UC if d.type in MMIO_TYPES else pagetable.CACHE_WB
+            if d.attribute & EFI_MEMORY_RO:
+                flags |= pagetable.READONLY
+            if d.type in MMIO_TYPES:
+                flags |= pagetable.CACHE_UC
+            elif d.attribute & Attribute.WC and not d.attribute & Attribute.WB:
+                flags |= pagetable.CACHE_WC  # write-combining only (a framebuffer)
+            else:
+                flags |= pagetable.CACHE_WB
             ranges.append(pagetable.Range(d.phys_start, d.num_pages << 12, flags))
             if d.attribute & Attribute.RUNTIME:
                 regions.append(pagetable.EfiRegion(d.type, d.phys_start, d.num_pages,
