@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import structlog
+
 from efird.bootmem.handler import BootMemoryHandler
 from efird.bootmem.service import BootMemoryService
 from efird.efi import guid as g
+from efird.efi.guid import guid_str
 from efird.envelope import Dispatcher, FunctionHandler
+from efird.platform.handlers import RESET_NAMES, RESET_SHUTDOWN, ResetHandler, TimeHandler
+from efird.platform.time_service import TimeService
 from efird.store.base import VariableStore
 from efird.variables.limits import Limits
 from efird.variables.policy_mmi import RESULT_OFFSET, PolicyMmiHandler
@@ -21,10 +26,10 @@ from efird.variables.smm import STATUS_OFFSET, SmmVariableHandler
 # efird's own services, defined in protocols/ and implemented by later milestones: until
 # then each answers every function with EFI_UNSUPPORTED in its ReturnStatus.
 PLANNED_SERVICES = {
-    g.EFIRD_TIME_SERVICE: "time",
-    g.EFIRD_RESET_SERVICE: "reset",
     g.EFIRD_KEXEC_SERVICE: "kexec",
 }
+Listener = Callable[[str, dict[str, object]], None]
+log = structlog.get_logger("efird.domain")
 
 
 class Domain:
@@ -35,6 +40,8 @@ class Domain:
         self._closed = False
         self.variables = VariableService(store, limits, options)
         self.bootmem = BootMemoryService(self.variables, memory_map)
+        self.time = TimeService(store)
+        self.listeners: list[Listener] = []  # events for the toolstack (control socket)
         self.dispatcher = Dispatcher()
         d = self.dispatcher
         d.register(g.SMM_VARIABLE_PROTOCOL, SmmVariableHandler(self.variables),
@@ -50,6 +57,10 @@ class Domain:
                    status_offset=None, name="exit-boot-services")
         d.register(g.EFIRD_BOOTMEM_SERVICE, BootMemoryHandler(self.bootmem), status_offset=8,
                    name="boot-memory", may_block=BootMemoryHandler.may_block)
+        d.register(g.EFIRD_TIME_SERVICE, TimeHandler(self.time), status_offset=8, name="time",
+                   may_block=TimeHandler.may_block)
+        d.register(g.EFIRD_RESET_SERVICE, ResetHandler(self._reset_system), status_offset=8,
+                   name="reset", may_block=ResetHandler.may_block)
         for guid, name in PLANNED_SERVICES.items():
             planned = FunctionHandler()  # no functions yet: each answers EFI_UNSUPPORTED
             planned.header_name = "EFIRD_SERVICE_HEADER"
@@ -63,6 +74,31 @@ class Domain:
             action()
 
         return handle
+
+    def emit(self, kind: str, **data: object) -> None:
+        """An event for the toolstack: a log line, and every listener."""
+        log.info("event", kind=kind, **data)
+        for listener in list(self.listeners):
+            listener(kind, data)
+
+    def platform_reset(self) -> None:
+        """Cold or warm reset: volatile variables, boot phase, policies and the boot
+        memory map start afresh; non-volatile variables and the clock stay."""
+        self.variables.platform_reset()
+        self.bootmem.reset()
+
+    def _reset_system(self, kind: int, status: int, text: str, guid: bytes) -> None:
+        name = RESET_NAMES[kind]
+        if kind == RESET_SHUTDOWN:
+            self.store.sync()  # everything durable before the VM goes away
+        else:
+            self.platform_reset()
+        details: dict[str, object] = {"type": name, "status": f"{status:#x}"}
+        if text:
+            details["data"] = text
+        if guid:
+            details["guid"] = guid_str(guid)
+        self.emit("shutdown" if kind == RESET_SHUTDOWN else "reset", **details)
 
     def close(self) -> None:
         """Make the store durable and release it. Safe to call twice."""

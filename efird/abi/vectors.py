@@ -118,10 +118,25 @@ SCENARIOS: dict[str, list[Step]] = {
         ("register after EndOfDxe: WRITE_PROTECTED", _policy_register("Late", 1)),
     ],
     "09-planned-services": [
-        ("time service, GetTime: UNSUPPORTED until implemented",
-         c.envelope(g.EFIRD_TIME_SERVICE, struct.pack("<QQ", 1, 0) + bytes(32))),
         ("kexec service: UNSUPPORTED until implemented",
          c.envelope(g.EFIRD_KEXEC_SERVICE, struct.pack("<QQ", 1, 0) + bytes(32))),
+    ],
+    "11-time-and-reset": [
+        ("SetTime 2026-02-30 (no such day): INVALID_PARAMETER",
+         c.envelope(g.EFIRD_TIME_SERVICE, struct.pack("<QQ", 2, 0)
+                    + struct.pack("<HBBBBBBIhBB", 2026, 2, 30, 0, 0, 0, 0, 0, 0x7FF, 0, 0)
+                    + bytes(16))),
+        ("GetWakeupTime on a new store: disabled",
+         c.envelope(g.EFIRD_TIME_SERVICE, struct.pack("<QQ", 3, 0) + bytes(24))),
+        ("GetNextHighMonotonicCount: 1",
+         c.envelope(g.EFIRD_TIME_SERVICE, struct.pack("<QQ", 5, 0) + bytes(8))),
+        ("GetNextHighMonotonicCount: 2",
+         c.envelope(g.EFIRD_TIME_SERVICE, struct.pack("<QQ", 5, 0) + bytes(8))),
+        ("ResetSystem with type 9: INVALID_PARAMETER",
+         c.envelope(g.EFIRD_RESET_SERVICE, struct.pack("<QQ", 1, 0)
+                    + struct.pack("<IIQQ", 9, 0, 0, 0))),
+        ("ResetSystem warm", c.envelope(g.EFIRD_RESET_SERVICE, struct.pack("<QQ", 1, 0)
+                                        + struct.pack("<IIQQ", 1, 0, 0, 0))),
     ],
     "10-boot-memory": [
         ("GetMemoryMap before any map: NOT_READY", c.get_memory_map(256)),

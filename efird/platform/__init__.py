@@ -1,0 +1,1 @@
+"""Platform runtime services: time (GetTime ... GetNextHighMonotonicCount) and reset."""

@@ -1,0 +1,125 @@
+"""The time services (UEFI 2.10 §8.3, and GetNextHighMonotonicCount §8.5.2).
+
+The guest's clock is the host's UTC clock plus a per-domain offset that SetTime moves;
+TimeZone and Daylight are kept as the guest set them. The offset, the wakeup alarm and
+the high monotonic count persist in the store, so they survive daemon restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from efird.efi.status import Status
+from efird.efi.time import UNSPECIFIED_TIMEZONE, EfiTime
+from efird.store.base import StoreError, VariableStore
+
+META_OFFSET = "time.offset_ns"
+META_ZONE = "time.zone"
+META_WAKEUP = "time.wakeup"
+META_MONOTONIC = "time.monotonic_high"
+_I64 = struct.Struct("<q")
+_ZONE = struct.Struct("<hB")
+_WAKEUP = struct.Struct("<BB16s")  # enabled, pending, EFI_TIME
+_U32 = struct.Struct("<I")
+
+# EFI_TIME_CAPABILITIES: the host clock reports nanoseconds (Resolution in counts per
+# second); an NTP-disciplined host clock is taken to be within 1 ppm (Accuracy is in
+# units of 1e-6 ppm); setting the time does not clear what is below the resolution.
+RESOLUTION = 1_000_000_000
+ACCURACY = 1_000_000
+SETS_TO_ZERO = 0
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _to_naive(t: EfiTime) -> dt.datetime:
+    return dt.datetime(t.year, t.month, t.day, t.hour, t.minute, t.second, t.nanosecond // 1000)
+
+
+def _from_ns(ns: int, zone: int, daylight: int) -> EfiTime:
+    d = _EPOCH + dt.timedelta(microseconds=ns // 1000)
+    return EfiTime(d.year, d.month, d.day, d.hour, d.minute, d.second, 0,
+                   (ns % 1_000_000_000), zone, daylight, 0)
+
+
+class TimeService:
+    def __init__(self, store: VariableStore, clock: Callable[[], int] = time.time_ns) -> None:
+        self.store = store
+        self.clock = clock  # host UTC, in ns since the epoch
+        self.offset_ns = self._meta(META_OFFSET, _I64, (0,))[0]
+        self.zone, self.daylight = self._meta(META_ZONE, _ZONE, (UNSPECIFIED_TIMEZONE, 0))
+        enabled, pending, raw = self._meta(META_WAKEUP, _WAKEUP, (0, 0, bytes(16)))
+        self.wakeup_enabled, self.wakeup_pending = bool(enabled), bool(pending)
+        self.wakeup_time = raw
+        self.monotonic_high = self._meta(META_MONOTONIC, _U32, (0,))[0]
+
+    def _meta(self, key: str, codec: struct.Struct,
+              default: tuple[int | bytes, ...]) -> tuple[Any, ...]:
+        raw = self.store.get_meta(key)
+        return codec.unpack(raw) if raw is not None and len(raw) == codec.size else default
+
+    # -- GetTime / SetTime -------------------------------------------------------------
+    def now(self) -> EfiTime:
+        return _from_ns(self.clock() + self.offset_ns, self.zone, self.daylight)
+
+    def get_time(self) -> tuple[Status, EfiTime]:
+        return Status.SUCCESS, self.now()
+
+    def set_time(self, t: EfiTime) -> Status:
+        if not t.is_valid():
+            return Status.INVALID_PARAMETER
+        wanted = _to_naive(t) - _EPOCH
+        wanted_ns = (wanted.days * 86_400 + wanted.seconds) * 1_000_000_000 + t.nanosecond
+        offset = wanted_ns - self.clock()
+        try:
+            self.store.commit(meta={META_OFFSET: _I64.pack(offset),
+                                    META_ZONE: _ZONE.pack(t.timezone, t.daylight)})
+        except StoreError:
+            return Status.DEVICE_ERROR
+        self.offset_ns, self.zone, self.daylight = offset, t.timezone, t.daylight
+        return Status.SUCCESS
+
+    # -- the wakeup alarm ----------------------------------------------------------------
+    def get_wakeup_time(self) -> tuple[Status, bool, bool, bytes]:
+        return Status.SUCCESS, self.wakeup_enabled, self.wakeup_pending, self.wakeup_time
+
+    def set_wakeup_time(self, enable: bool, t: EfiTime | None) -> Status:
+        if enable and (t is None or not t.is_valid()):
+            return Status.INVALID_PARAMETER
+        raw = t.pack() if enable and t is not None else self.wakeup_time
+        try:
+            self.store.commit(meta={META_WAKEUP: _WAKEUP.pack(enable, False, raw)})
+        except StoreError:
+            return Status.DEVICE_ERROR
+        self.wakeup_enabled, self.wakeup_pending, self.wakeup_time = enable, False, raw
+        return Status.SUCCESS
+
+    def alarm_due(self) -> bool:
+        """True once when an enabled alarm's time has come (then it is pending)."""
+        if not self.wakeup_enabled or self.wakeup_pending:
+            return False
+        alarm = EfiTime.unpack(self.wakeup_time)
+        if not alarm.is_valid() or self.now().ordering_key() < alarm.ordering_key():
+            return False
+        self.wakeup_pending = True
+        # the event fires even if this cannot be recorded; a restart would fire it again
+        with contextlib.suppress(StoreError):
+            self.store.commit(meta={META_WAKEUP: _WAKEUP.pack(True, True, self.wakeup_time)})
+        return True
+
+    # -- GetNextHighMonotonicCount ---------------------------------------------------------
+    def next_high_monotonic_count(self) -> tuple[Status, int]:
+        """Durable before it is returned: the count never repeats across restarts."""
+        if self.monotonic_high >= 0xFFFFFFFF:
+            return Status.DEVICE_ERROR, self.monotonic_high
+        value = self.monotonic_high + 1
+        try:
+            self.store.commit(meta={META_MONOTONIC: _U32.pack(value)})
+        except StoreError:
+            return Status.DEVICE_ERROR, self.monotonic_high
+        self.monotonic_high = value
+        return Status.SUCCESS, value
