@@ -96,3 +96,24 @@ def test_bad_flags_are_usage_errors(tmp_path: Path, sock: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "efird.cli.main", "serve"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--socket" in proc.stderr
+
+
+def test_exit_on_reset_exits_with_the_documented_status(tmp_path: Path, sock: Path) -> None:
+    import struct
+
+    from efird.abi import client as c
+    from efird.efi import guid as g
+
+    from .vhost.frontend import VhostUserFrontend
+
+    for kind, expected in ((1, 10), (2, 11)):
+        daemon = EfirdDaemon(sock, tmp_path / "vm.efivars", "--exit-on-reset").start()
+        with VhostUserFrontend(timeout=10.0) as front:
+            front.connect(sock)
+            front.handshake()
+            req = c.envelope(g.EFIRD_RESET_SERVICE,
+                             struct.pack("<QQ", 1, 0) + struct.pack("<IIQQ", kind, 0, 0, 0))
+            assert c.return_status(front.request(0, req, len(req))) == 0
+        assert daemon.proc is not None and daemon.proc.wait(20) == expected
+        event = daemon.events("event")[-1]
+        assert event["kind"] == ("shutdown" if kind == 2 else "reset")

@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from efird.store.sqlite import SqliteStore
 from efird.vhost import server
 
 log = structlog.get_logger("efird.serve")
+
+EXIT_RESET, EXIT_SHUTDOWN = 10, 11
 
 EPILOG = """\
 QEMU (10.0 or later) attaches with, for example:
@@ -60,6 +63,10 @@ def add_parser(sub: Any) -> None:
                         "(default: wait when listening, exit with --connect)")
     p.add_argument("--socket-mode", type=lambda v: int(v, 8), default=0o600, metavar="OCTAL",
                    help="permissions of the listening socket (default 600)")
+    p.add_argument("--exit-on-reset", action="store_true",
+                   help="exit when the guest calls ResetSystem, after making the store "
+                        "durable: status 10 for a cold, warm or platform-specific reset, "
+                        "11 for a shutdown (default: reset the domain's services and go on)")
     add_domain_arguments(p)
     p.set_defaults(run=run)
 
@@ -77,23 +84,27 @@ def run(args: argparse.Namespace) -> int:
     memory_map = load_memory_map(args.memmap)
     store = SqliteStore(args.store)
     domain = make_domain(store, args, memory_map)
+    outcome: dict[str, int] = {}
     try:
-        trio.run(_serve, args, domain)
+        trio.run(_serve, args, domain, outcome)
     except (server.SocketInUseError, ConnectionError, OSError) as exc:
         log.error("cannot serve", error=str(exc))
         print(f"efird serve: {exc}", file=sys.stderr)
         return 1
     finally:
         domain.close()
-        log.info("stopped", store=str(args.store))
-    return 0
+        log.info("stopped", store=str(args.store), exit_status=outcome.get("status", 0))
+    return outcome.get("status", 0)
 
 
-async def _serve(args: argparse.Namespace, domain: Domain) -> None:
+async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, int]) -> None:
     device = EnvelopeDevice(domain)
     once = (args.on_disconnect or ("exit" if args.connect else "wait")) == "exit"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, device, nursery.cancel_scope)
+        nursery.start_soon(_alarm_clock, domain)
+        if args.exit_on_reset:
+            domain.listeners.append(_exit_on_reset(nursery.cancel_scope, outcome))
         if args.connect:
             _ready(args, "connecting")
             await server.serve_connecting(args.socket, device, queues=args.queues, once=once)
@@ -112,6 +123,33 @@ def _ready(args: argparse.Namespace, mode: str) -> None:
     log.info("ready", socket=str(args.socket), store=str(args.store), mode=mode,
              pid=os.getpid())
     sd_notify(f"READY=1\nSTATUS=serving {args.socket}\nMAINPID={os.getpid()}")
+
+
+async def _alarm_clock(domain: Domain, period: float = 1.0) -> None:
+    """SetWakeupTime's alarm: when it comes due the toolstack gets a wake event."""
+    while True:
+        await trio.sleep(period)
+        if domain.time.alarm_due():
+            domain.emit("wake", time=str(domain.time.now()))
+
+
+def _exit_on_reset(scope: trio.CancelScope,
+                   outcome: dict[str, int]) -> Callable[[str, dict[str, object]], None]:
+    def listener(kind: str, data: dict[str, object]) -> None:
+        if kind not in ("reset", "shutdown"):
+            return
+        outcome["status"] = EXIT_SHUTDOWN if kind == "shutdown" else EXIT_RESET
+        _in_trio(scope.cancel)
+
+    return listener
+
+
+def _in_trio(fn: Callable[[], object]) -> None:
+    """Run fn on the event loop, from the loop itself or from a request's worker thread."""
+    try:
+        trio.from_thread.run_sync(fn)
+    except RuntimeError:  # already on the trio thread
+        fn()
 
 
 async def _stop_on_signal(device: EnvelopeDevice, scope: trio.CancelScope) -> None:
