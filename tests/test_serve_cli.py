@@ -46,9 +46,12 @@ def test_readiness_via_log_line_and_notify_socket(tmp_path: Path, sock: Path) ->
 
 
 def test_sigint_also_stops_cleanly(tmp_path: Path, sock: Path) -> None:
-    with EfirdDaemon(sock, tmp_path / "vm.efivars") as daemon:
+    pidfile = tmp_path / "efird.pid"
+    with EfirdDaemon(sock, tmp_path / "vm.efivars", "--pidfile", str(pidfile)) as daemon:
+        assert daemon.proc is not None and pidfile.read_text() == f"{daemon.proc.pid}\n"
         assert daemon.stop(signal.SIGINT) == 0
         assert daemon.events("stopped")
+    assert not pidfile.exists()
 
 
 def test_socket_in_use_is_a_clear_error(tmp_path: Path, sock: Path) -> None:

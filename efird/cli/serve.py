@@ -63,6 +63,8 @@ def add_parser(sub: Any) -> None:
                         "(default: wait when listening, exit with --connect)")
     p.add_argument("--socket-mode", type=lambda v: int(v, 8), default=0o600, metavar="OCTAL",
                    help="permissions of the listening socket (default 600)")
+    p.add_argument("--pidfile", type=Path, metavar="PATH",
+                   help="write the daemon's pid here once it is ready (removed at exit)")
     p.add_argument("--exit-on-reset", action="store_true",
                    help="exit when the guest calls ResetSystem, after making the store "
                         "durable: status 10 for a cold, warm or platform-specific reset, "
@@ -93,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         domain.close()
+        if args.pidfile is not None:
+            args.pidfile.unlink(missing_ok=True)
         log.info("stopped", store=str(args.store), exit_status=outcome.get("status", 0))
     return outcome.get("status", 0)
 
@@ -120,6 +124,10 @@ async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, in
 
 
 def _ready(args: argparse.Namespace, mode: str) -> None:
+    if args.pidfile is not None:
+        tmp = args.pidfile.with_name(args.pidfile.name + ".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.rename(args.pidfile)  # readers never see a half-written pidfile
     log.info("ready", socket=str(args.socket), store=str(args.store), mode=mode,
              pid=os.getpid())
     sd_notify(f"READY=1\nSTATUS=serving {args.socket}\nMAINPID={os.getpid()}")
