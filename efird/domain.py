@@ -28,7 +28,7 @@ from efird.variables.smm import STATUS_OFFSET, SmmVariableHandler
 PLANNED_SERVICES = {
     g.EFIRD_KEXEC_SERVICE: "kexec",
 }
-Listener = Callable[[str, dict[str, object]], None]
+Listener = Callable[[str, dict[str, object]], object]
 log = structlog.get_logger("efird.domain")
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from efird import __version__
 from efird import log as efird_log
 from efird.cli import call as call_cmd
+from efird.cli import ctl as ctl_cmd
 from efird.cli import serve as serve_cmd
 from efird.store.base import StoreError
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     call_cmd.add_parser(sub)
     serve_cmd.add_parser(sub)
+    ctl_cmd.add_parser(sub)
     return parser
 
 

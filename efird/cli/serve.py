@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import structlog
 import trio
 
 from efird.cli.call import add_domain_arguments, load_memory_map, make_domain
+from efird.control import server as control_server
+from efird.control.domain_handler import DomainControl
 from efird.device import EnvelopeDevice
 from efird.domain import Domain
 from efird.notify import sd_notify
@@ -63,6 +66,9 @@ def add_parser(sub: Any) -> None:
                         "(default: wait when listening, exit with --connect)")
     p.add_argument("--socket-mode", type=lambda v: int(v, 8), default=0o600, metavar="OCTAL",
                    help="permissions of the listening socket (default 600)")
+    p.add_argument("--control", type=Path, metavar="PATH",
+                   help="the toolstack's control socket (mode 0600; JSON lines, see "
+                        "docs/control.md and `efird ctl`)")
     p.add_argument("--pidfile", type=Path, metavar="PATH",
                    help="write the daemon's pid here once it is ready (removed at exit)")
     p.add_argument("--exit-on-reset", action="store_true",
@@ -89,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     outcome: dict[str, int] = {}
     try:
         trio.run(_serve, args, domain, outcome)
-    except (server.SocketInUseError, ConnectionError, OSError) as exc:
+    except (server.SocketInUseError, control_server.SocketInUseError, ConnectionError,
+            OSError) as exc:
         log.error("cannot serve", error=str(exc))
         print(f"efird serve: {exc}", file=sys.stderr)
         return 1
@@ -109,6 +116,13 @@ async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, in
         nursery.start_soon(_alarm_clock, domain)
         if args.exit_on_reset:
             domain.listeners.append(_exit_on_reset(nursery.cancel_scope, outcome))
+        if args.control is not None:
+            bus = control_server.EventBus()
+            domain.listeners.append(lambda kind, data: bus.publish(kind, data))
+            handler = DomainControl(args.domain or args.store.stem, domain, device,
+                                    lambda: _in_trio(nursery.cancel_scope.cancel))
+            await nursery.start(partial(control_server.serve_control, args.control, handler,
+                                        bus=bus))
         if args.connect:
             _ready(args, "connecting")
             await server.serve_connecting(args.socket, device, queues=args.queues, once=once)

@@ -109,6 +109,15 @@ class VariableService:
                 self._insert(v)
         self._refresh_firmware_variables()
 
+    def restore_volatile(self, volatile: list[Variable], phase: Phase) -> None:
+        """Migration: take another daemon's volatile variables and boot phase."""
+        for v in [v for v in self._all.values()
+                  if not v.attributes & NV and v.key not in secureboot.FIRMWARE_OWNED]:
+            self._remove(v.key)
+        for v in volatile:
+            self._insert(v)
+        self.phase = phase
+
     def platform_reset(self) -> None:
         """Cold/warm reset: volatile variables, phase and policies start afresh."""
         for v in [v for v in self._all.values() if not v.attributes & NV]:

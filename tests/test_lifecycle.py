@@ -1,0 +1,132 @@
+"""The toolstack's view of a running daemon through its control socket: status, the event
+stream, save-state/restore-state between two daemons (migration), reload, stop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from efird.abi import client as c
+from efird.control.client import ControlClient
+from efird.control.protocol import ControlError
+from efird.efi import guid as g
+from efird.efi.status import Status
+
+from .daemon import EfirdDaemon
+from .vhost.frontend import VhostUserFrontend
+
+VENDOR = g.guid_bytes("3b8f5c1e-2d4a-4c6b-9e7f-1a2b3c4d5e6f")
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="efird-lc-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start(work: Path, name: str, domain: str = "vm1") -> EfirdDaemon:
+    return EfirdDaemon(work / f"{name}.sock", work / f"{name}.efivars", "--domain", domain,
+                       "--control", str(work / f"{name}.ctl")).start()
+
+
+def attach(daemon: EfirdDaemon) -> VhostUserFrontend:
+    front = VhostUserFrontend(timeout=10.0)
+    front.connect(daemon.socket)
+    front.handshake()
+    return front
+
+
+def call(front: VhostUserFrontend, request: bytes) -> bytes:
+    return front.request(0, request, len(request))
+
+
+def test_status_events_and_stop(work: Path) -> None:
+    daemon = start(work, "a")
+    ctl = ControlClient(work / "a.ctl")
+    status = ctl.status()
+    assert status["domain"] == "vm1" and status["phase"]["runtime"] is False
+    received: list[dict[str, object]] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        stream = ControlClient(work / "a.ctl").events()
+        ready.set()
+        for event in stream:
+            received.append(event)
+            if len(received) == 2:
+                return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(10)
+    with attach(daemon) as front:
+        call(front, c.envelope(g.EVENT_EXIT_BOOT_SERVICES, b""))
+        reset = c.envelope(g.EFIRD_RESET_SERVICE, struct.pack("<QQ", 1, 0)
+                           + struct.pack("<IIQQ", 0, 0, 0, 0))
+        for _ in range(2):
+            assert c.return_status(call(front, reset)) is Status.SUCCESS
+            listener.join(0.2)
+    listener.join(10)
+    assert [e["event"] for e in received] == ["reset", "reset"]
+    assert received[0]["data"]["type"] == "cold"  # type: ignore[index]
+    assert ctl.status()["requests"] >= 3
+    ctl.stop()
+    assert daemon.proc is not None and daemon.proc.wait(20) == 0
+
+
+def test_migration_moves_volatile_state_and_phase(work: Path) -> None:
+    source, target = start(work, "src"), start(work, "dst")
+    with attach(source) as front:
+        call(front, c.set_variable(VENDOR, "Volatile", 6, b"moving"))
+        call(front, c.set_variable(VENDOR, "BootOnly", 2, b"boot"))
+        call(front, c.envelope(g.EVENT_EXIT_BOOT_SERVICES, b""))
+    blob = ControlClient(work / "src.ctl").save_state()
+    ControlClient(work / "dst.ctl").restore_state(blob)
+    assert ControlClient(work / "dst.ctl").status()["phase"]["runtime"] is True
+    with attach(target) as front:
+        got = c.parse_get_variable(call(front, c.get_variable(VENDOR, "Volatile", 16)))
+        assert (got.status, got.data) == (Status.SUCCESS, b"moving")
+        # runtime phase came along: the boot-services-only variable stays hidden
+        assert c.parse_get_variable(call(front, c.get_variable(VENDOR, "BootOnly", 16))
+                                    ).status is Status.NOT_FOUND
+    for d in (source, target):
+        d.stop()
+
+
+def test_restore_refuses_foreign_old_or_damaged_state(work: Path) -> None:
+    source, other = start(work, "src"), start(work, "oth", domain="vm2")
+    blob = ControlClient(work / "src.ctl").save_state()
+    with pytest.raises(ControlError) as wrong:
+        ControlClient(work / "oth.ctl").restore_state(blob)
+    assert wrong.value.code == "wrong-domain"
+    outer = json.loads(blob)
+    outer["state"]["phase"]["runtime"] = True  # tampered: the checksum no longer holds
+    with pytest.raises(ControlError) as damaged:
+        ControlClient(work / "src.ctl").restore_state(json.dumps(outer).encode())
+    assert damaged.value.code == "bad-state"
+    outer = json.loads(blob)
+    outer["state"]["version"] = 99
+    import hashlib
+
+    outer["sha256"] = hashlib.sha256(json.dumps(outer["state"], sort_keys=True).encode()
+                                     ).hexdigest()
+    with pytest.raises(ControlError, match="unsupported state version"):
+        ControlClient(work / "src.ctl").restore_state(json.dumps(outer).encode())
+    assert ControlClient(work / "src.ctl").status()["phase"]["runtime"] is False  # untouched
+    for d in (source, other):
+        d.stop()
+
+
+def test_reload_store(work: Path) -> None:
+    daemon = start(work, "a")
+    result = ControlClient(work / "a.ctl").reload_store()
+    assert result["variables"] >= 6
+    daemon.stop()
