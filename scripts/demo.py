@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from efird.abi import client as c  # noqa: E402
+from efird.bootmem.description import q35  # noqa: E402
 from efird.efi import guid as g  # noqa: E402
 from efird.efi.status import Status, status_name  # noqa: E402
 from tests.daemon import EfirdDaemon  # noqa: E402
@@ -61,8 +62,10 @@ def main() -> int:
     OUT.mkdir()
     store = OUT / "vm1.efivars"
     sock = Path("/tmp") / f"efird-demo-{time.time_ns()}.sock"
+    memmap = OUT / "vm1.memmap"  # the toolstack's description of the guest: q35, 256 MiB
+    memmap.write_text("".join(f"{a:#x} {s:#x} {k}\n" for a, s, k in q35(256)))
     t_start = time.perf_counter()
-    with EfirdDaemon(sock, store, "--domain", "vm1") as daemon:
+    with EfirdDaemon(sock, store, "--domain", "vm1", "--memmap", str(memmap)) as daemon:
         ready_ms = (time.perf_counter() - t_start) * 1000
         args = QemuVM.vhost_user_args(sock, addr=SLOT)
         with QemuVM(args) as vm:
@@ -96,17 +99,33 @@ def main() -> int:
             guest.call("GetVariable EfirdDemo", c.get_variable(DEMO, "EfirdDemo", 64))
             guest.call("SetVariable EfirdKept", c.set_variable(DEMO, "EfirdKept", 7,
                                                                b"left for the CLI"))
-            guest.call("ExitBootServices event", c.envelope(g.EVENT_EXIT_BOOT_SERVICES, b""))
+            # the seed's boot path: memory map, an allocation, page tables written by the
+            # C core straight into QEMU's guest RAM, ExitBootServices with the real MapKey
+            status, size, key, desc_size, _, _ = c.parse_get_memory_map(
+                guest.call("GetMemoryMap", c.get_memory_map(4096)))
+            guest.note(f"{size // desc_size} descriptors of {desc_size} bytes, MapKey {key}")
+            status, tables = c.parse_allocate_pages(guest.call(
+                "AllocatePages (page tables)", c.allocate_pages(1, 2, 64, 0x8000000 - 1)))
+            guest.note(f"64 pages at {tables:#x}")
+            status, cr3, used = c.parse_build_page_tables(guest.call(
+                "BuildPageTables", c.build_page_tables(tables, 64 * 4096, 4, 0x1)))
+            pml4e = int.from_bytes(vm.qtest.memread(cr3, 8), "little")
+            guest.note(f"CR3 {cr3:#x}, {used} bytes; PML4[0] read back via qtest = {pml4e:#x}")
+            key = c.parse_get_memory_map(guest.call("GetMemoryMap",
+                                                    c.get_memory_map(4096)))[2]
+            guest.note(f"MapKey {key}")
+            guest.call("ExitBootServices (MapKey - 1, stale)", c.exit_boot_services(key - 1))
+            guest.call("ExitBootServices", c.exit_boot_services(key))
             guest.call("SetVariable BS-only (runtime)", c.set_variable(DEMO, "Late", 3, b"x"))
             guest.call("malformed envelope (10 bytes)", bytes(10))
         daemon.wait_for("frontend disconnected")
         code = daemon.stop()
 
     print(f"efird ready {ready_ms:.0f} ms after exec; QEMU: {qemu_line}\n")
-    print(f"{'call':<34} {'status':<22} {'round trip':>11} {'in efird':>9}  detail")
+    print(f"{'call':<38} {'status':<20} {'round trip':>11} {'in efird':>9}  detail")
     for label, status, us, service, detail in guest.rows:
         served = f"{service:.0f}us" if service is not None else "-"
-        print(f"{label:<34} {status:<22} {us:>9.0f}us {served:>9}  {detail}")
+        print(f"{label:<38} {status:<20} {us:>9.0f}us {served:>9}  {detail}")
     print("\nround trip: as the qtest-driven guest saw it (each qtest access is a socket round "
           "trip to QEMU);\nin efird: the service time efird logged for the request.")
     print(f"efird exited {code}; store left at {store}")
