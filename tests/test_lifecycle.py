@@ -20,7 +20,7 @@ from efird.efi import guid as g
 from efird.efi.status import Status
 
 from .daemon import EfirdDaemon
-from .vhost.frontend import VhostUserFrontend
+from .vhost.frontend import VhostUserError, VhostUserFrontend
 
 VENDOR = g.guid_bytes("3b8f5c1e-2d4a-4c6b-9e7f-1a2b3c4d5e6f")
 
@@ -84,7 +84,10 @@ def test_status_events_and_stop(work: Path) -> None:
 
 def test_migration_moves_volatile_state_and_phase(work: Path) -> None:
     source, target = start(work, "src"), start(work, "dst")
+    monotonic = c.envelope(g.EFIRD_TIME_SERVICE, struct.pack("<QQ", 5, 0) + bytes(8))
     with attach(source) as front:
+        for _ in range(5):
+            call(front, monotonic)
         call(front, c.set_variable(VENDOR, "Volatile", 6, b"moving"))
         call(front, c.set_variable(VENDOR, "BootOnly", 2, b"boot"))
         call(front, c.envelope(g.EVENT_EXIT_BOOT_SERVICES, b""))
@@ -97,6 +100,8 @@ def test_migration_moves_volatile_state_and_phase(work: Path) -> None:
         # runtime phase came along: the boot-services-only variable stays hidden
         assert c.parse_get_variable(call(front, c.get_variable(VENDOR, "BootOnly", 16))
                                     ).status is Status.NOT_FOUND
+        # the high monotonic count carries on from where the source left it
+        assert struct.unpack_from("<I", call(front, monotonic), 40)[0] == 6
     for d in (source, target):
         d.stop()
 
@@ -130,3 +135,37 @@ def test_reload_store(work: Path) -> None:
     result = ControlClient(work / "a.ctl").reload_store()
     assert result["variables"] >= 6
     daemon.stop()
+
+
+def test_shutdown_under_load_keeps_every_acknowledged_write(work: Path) -> None:
+    """SIGTERM during a SetVariable storm: efird finishes the request in flight, exits 0,
+    and every write the guest saw acknowledged is in the store."""
+    import signal
+    import time
+
+    from efird.store.sqlite import SqliteStore
+
+    daemon = start(work, "a")
+    acknowledged = []
+    with attach(daemon) as front:
+        stop_at = time.monotonic() + 0.4
+        i = 0
+        try:
+            while True:
+                req = c.set_variable(VENDOR, f"Storm{i}", 7, i.to_bytes(4, "little"))
+                if time.monotonic() > stop_at and daemon.proc is not None:
+                    daemon.proc.send_signal(signal.SIGTERM)
+                    stop_at = float("inf")
+                resp = front.request(0, req, len(req), timeout=5)
+                if resp and c.return_status(resp) is Status.SUCCESS:
+                    acknowledged.append(i)
+                i += 1
+        except (VhostUserError, OSError):  # the daemon went away mid-storm: the point
+            pass
+    assert daemon.proc is not None and daemon.proc.wait(20) == 0
+    assert len(acknowledged) > 10
+    store = SqliteStore(work / "a.efivars", exclusive=False)
+    stored = {v.name: v.data for v in store.load()}
+    store.close()
+    for n in acknowledged:
+        assert stored[f"Storm{n}"] == n.to_bytes(4, "little")

@@ -1,7 +1,9 @@
 """The control socket's operations on one running domain (docs/control.md).
 
-save-state carries what a migration must move and the store does not: volatile
-variables and the boot phase. It is versioned, names its domain and is checksummed;
+save-state carries what a migration must move besides the store file: volatile
+variables, the boot phase, the clock offset, the wakeup alarm and the high monotonic
+count (so the count keeps increasing on the new host). It is versioned, names its domain
+and is checksummed;
 restore-state refuses a blob from another domain, another version or with a bad
 checksum before touching anything.
 """
@@ -19,6 +21,7 @@ from efird.device import EnvelopeDevice
 from efird.domain import Domain
 from efird.efi.attributes import NV
 from efird.efi.guid import guid_bytes, guid_str
+from efird.platform.time_service import ClockState
 from efird.store.base import StoreError
 from efird.variables.model import Variable
 from efird.variables.secureboot import FIRMWARE_OWNED
@@ -64,6 +67,13 @@ class DomainControl:
                 "phase": {"end_of_dxe": v.phase.end_of_dxe,
                           "ready_to_boot": v.phase.ready_to_boot,
                           "runtime": v.phase.at_runtime},
+                "clock": {"offset_ns": self.domain.time.offset_ns,
+                          "zone": self.domain.time.zone,
+                          "daylight": self.domain.time.daylight,
+                          "monotonic_high": self.domain.time.monotonic_high,
+                          "wakeup": [self.domain.time.wakeup_enabled,
+                                     self.domain.time.wakeup_pending,
+                                     self.domain.time.wakeup_time.hex()]},
                 "volatile": [
                     {"guid": guid_str(x.guid), "name": x.name, "attributes": x.attributes,
                      "data": x.data.hex()}
@@ -96,13 +106,21 @@ class DomainControl:
                                  bytes.fromhex(x["data"])) for x in body["volatile"]]
             phase = Phase(bool(body["phase"]["end_of_dxe"]),
                           bool(body["phase"]["ready_to_boot"]), bool(body["phase"]["runtime"]))
+            clock = body["clock"]
+            enabled, pending, alarm = clock["wakeup"]
+            clock_state = ClockState(int(clock["offset_ns"]), int(clock["zone"]),
+                                     int(clock["daylight"]), int(clock["monotonic_high"]),
+                                     bool(enabled), bool(pending), bytes.fromhex(alarm))
         except (ValueError, KeyError, TypeError) as exc:
             raise ControlError("bad-state", f"malformed state: {exc}") from None
         if any(x.attributes & NV for x in volatile):
             raise ControlError("bad-state", "a non-volatile variable in the volatile state")
         await self.device.lock.acquire()
         try:
+            self.domain.time.restore(clock_state)  # durable first: it can fail
             self.domain.variables.restore_volatile(volatile, phase)
+        except StoreError as exc:
+            raise ControlError("store-error", str(exc)) from None
         finally:
             self.device.lock.release()
 

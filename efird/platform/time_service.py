@@ -12,6 +12,7 @@ import datetime as dt
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from efird.efi.status import Status
@@ -46,6 +47,19 @@ def _from_ns(ns: int, zone: int, daylight: int) -> EfiTime:
                    (ns % 1_000_000_000), zone, daylight, 0)
 
 
+@dataclass(frozen=True)
+class ClockState:
+    """What migration moves of the clock (see efird.control.domain_handler)."""
+
+    offset_ns: int
+    zone: int
+    daylight: int
+    monotonic_high: int
+    wakeup_enabled: bool
+    wakeup_pending: bool
+    wakeup_time: bytes
+
+
 class TimeService:
     def __init__(self, store: VariableStore, clock: Callable[[], int] = time.time_ns) -> None:
         self.store = store
@@ -61,6 +75,19 @@ class TimeService:
               default: tuple[int | bytes, ...]) -> tuple[Any, ...]:
         raw = self.store.get_meta(key)
         return codec.unpack(raw) if raw is not None and len(raw) == codec.size else default
+
+    def restore(self, state: ClockState) -> None:
+        """Take over a migrated clock; the monotonic count never goes backwards."""
+        high = max(state.monotonic_high, self.monotonic_high)
+        self.store.commit(meta={
+            META_OFFSET: _I64.pack(state.offset_ns),
+            META_ZONE: _ZONE.pack(state.zone, state.daylight),
+            META_WAKEUP: _WAKEUP.pack(state.wakeup_enabled, state.wakeup_pending,
+                                      state.wakeup_time),
+            META_MONOTONIC: _U32.pack(high)})
+        self.offset_ns, self.zone, self.daylight = state.offset_ns, state.zone, state.daylight
+        self.wakeup_enabled, self.wakeup_pending = state.wakeup_enabled, state.wakeup_pending
+        self.wakeup_time, self.monotonic_high = state.wakeup_time, high
 
     # -- GetTime / SetTime -------------------------------------------------------------
     def now(self) -> EfiTime:
