@@ -10,11 +10,12 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from efird.bootmem.handler import BootMemoryHandler
+from efird.bootmem.handler import BootMemoryHandler, KexecHandler
 from efird.bootmem.service import BootMemoryService
 from efird.efi import guid as g
 from efird.efi.guid import guid_str
-from efird.envelope import Dispatcher, FunctionHandler
+from efird.efi.status import Status
+from efird.envelope import Dispatcher
 from efird.platform.handlers import RESET_NAMES, RESET_SHUTDOWN, ResetHandler, TimeHandler
 from efird.platform.time_service import TimeService
 from efird.store.base import VariableStore
@@ -23,11 +24,6 @@ from efird.variables.policy_mmi import RESULT_OFFSET, PolicyMmiHandler
 from efird.variables.service import Options, VariableService
 from efird.variables.smm import STATUS_OFFSET, SmmVariableHandler
 
-# efird's own services, defined in protocols/ and implemented by later milestones: until
-# then each answers every function with EFI_UNSUPPORTED in its ReturnStatus.
-PLANNED_SERVICES = {
-    g.EFIRD_KEXEC_SERVICE: "kexec",
-}
 Listener = Callable[[str, dict[str, object]], object]
 log = structlog.get_logger("efird.domain")
 
@@ -61,10 +57,8 @@ class Domain:
                    may_block=TimeHandler.may_block)
         d.register(g.EFIRD_RESET_SERVICE, ResetHandler(self._reset_system), status_offset=8,
                    name="reset", may_block=ResetHandler.may_block)
-        for guid, name in PLANNED_SERVICES.items():
-            planned = FunctionHandler()  # no functions yet: each answers EFI_UNSUPPORTED
-            planned.header_name = "EFIRD_SERVICE_HEADER"
-            d.register(guid, planned, status_offset=8, name=name)
+        d.register(g.EFIRD_KEXEC_SERVICE, KexecHandler(self.bootmem, self.soft_reset),
+                   status_offset=8, name="kexec")
 
     @staticmethod
     def _event(action: Callable[[], object]) -> Callable[[bytearray, int, int], None]:
@@ -86,6 +80,14 @@ class Domain:
         memory map start afresh; non-volatile variables and the clock stay."""
         self.variables.platform_reset()
         self.bootmem.reset()
+
+    def soft_reset(self, requested_by: str = "toolstack") -> Status:
+        """kexec (Xen's soft reset): variables, the runtime phase and the virtual map stay;
+        the next kernel gets a fresh boot path through the boot-memory service."""
+        status = self.bootmem.soft_reset()
+        if status is Status.SUCCESS:
+            self.emit("kexec", requested_by=requested_by)
+        return status
 
     def _reset_system(self, kind: int, status: int, text: str, guid: bytes) -> None:
         name = RESET_NAMES[kind]

@@ -330,6 +330,7 @@ typedef struct {
 #define EFIRD_KEXEC_GET_RUNTIME_MAP 1
 #define EFIRD_KEXEC_GET_SETUP_DATA 2
 #define EFIRD_KEXEC_SOFT_RESET 3
+#define EFIRD_KEXEC_SET_FIRMWARE_TABLES 4
 
 typedef struct {
     uint64_t MapSize; /* in: bytes available; out: bytes written/needed */
@@ -347,5 +348,14 @@ typedef struct {
 typedef struct {
     uint64_t Flags;
 } EFIRD_SOFT_RESET;
+
+/* What the next kernel's SETUP_EFI needs that only the guest knows: the physical
+ * addresses of the firmware vendor string, the configuration table and SMBIOS. */
+typedef struct {
+    uint64_t FwVendor;
+    uint64_t Tables;
+    uint64_t Smbios;
+    uint64_t Reserved;
+} EFIRD_FIRMWARE_TABLES;
 
 #endif /* EFIRD_H */

@@ -180,11 +180,11 @@ def test_ready_to_boot_after_exit_boot_services_is_unsupported(guest: Guest) -> 
     assert c.return_status(guest.raw(c.variable_request(5))) is S.UNSUPPORTED
 
 
-def test_planned_services_answer_unsupported(guest: Guest) -> None:
-    """efird PROTOCOL.md §2 and §5 (no UEFI or EDK2 counterpart): the planned time, reset,
-    boot-memory and kexec services answer every function with EFI_UNSUPPORTED."""
-    for guid in (g.EFIRD_KEXEC_SERVICE,):
-        resp = guest.raw(c.envelope(guid, struct.pack("<QQ", 1, 0)))
+def test_unknown_functions_of_efirds_services_answer_unsupported(guest: Guest) -> None:
+    """protocols/PROTOCOL.md §5: a function number a service does not define."""
+    for guid in (g.EFIRD_TIME_SERVICE, g.EFIRD_RESET_SERVICE, g.EFIRD_BOOTMEM_SERVICE,
+                 g.EFIRD_KEXEC_SERVICE):
+        resp = guest.raw(c.envelope(guid, struct.pack("<QQ", 99, 0)))
         assert struct.unpack_from("<Q", resp, 32)[0] == S.UNSUPPORTED
 
 

@@ -169,3 +169,29 @@ def test_shutdown_under_load_keeps_every_acknowledged_write(work: Path) -> None:
     store.close()
     for n in acknowledged:
         assert stored[f"Storm{n}"] == n.to_bytes(4, "little")
+
+
+def test_toolstack_soft_reset_is_a_kexec(work: Path) -> None:
+    """Xen's SHUTDOWN_soft_reset through the control socket: variables and the runtime
+    phase stay, the boot path is fresh, the toolstack sees a kexec event."""
+    from efird.bootmem.description import q35
+
+    memmap = work / "q35.memmap"
+    memmap.write_text("".join(f"{a:#x} {s:#x} {k}\n" for a, s, k in q35(512)))
+    daemon = EfirdDaemon(work / "a.sock", work / "a.efivars", "--domain", "vm1",
+                         "--control", str(work / "a.ctl"), "--memmap", str(memmap)).start()
+    ctl = ControlClient(work / "a.ctl")
+    with pytest.raises(ControlError):  # soft-reset takes no arguments
+        ctl.request("soft-reset", unexpected=1)
+    with attach(daemon) as front:
+        call(front, c.set_variable(VENDOR, "Volatile", 6, b"survives kexec"))
+        key = c.parse_get_memory_map(call(front, c.get_memory_map(4096)))[2]
+        assert c.return_status(call(front, c.exit_boot_services(key))) is Status.SUCCESS
+        assert ctl.soft_reset() == {"status": "SUCCESS"}
+        got = c.parse_get_variable(call(front, c.get_variable(VENDOR, "Volatile", 32)))
+        assert got.data == b"survives kexec"
+        assert ctl.status()["phase"]["runtime"] is True
+        assert ctl.status()["phase"]["boot_services_exited"] is False  # a fresh boot path
+        assert c.parse_get_memory_map(call(front, c.get_memory_map(4096)))[0] is Status.SUCCESS
+    assert [e["kind"] for e in daemon.events("event")] == ["kexec"]
+    daemon.stop()

@@ -228,6 +228,13 @@ EFIRD_SOFT_RESET = Layout(
     "EFIRD_SOFT_RESET",
     "Flags" / U64,
 )
+EFIRD_FIRMWARE_TABLES = Layout(
+    "EFIRD_FIRMWARE_TABLES",
+    "FwVendor" / U64,
+    "Tables" / U64,
+    "Smbios" / U64,
+    "Reserved" / U64,
+)
 EFI_MEMORY_DESCRIPTOR = Layout(
     "EFI_MEMORY_DESCRIPTOR",
     "Type" / U32,
@@ -285,6 +292,7 @@ class KexecFunction:
     GET_RUNTIME_MAP = 1
     GET_SETUP_DATA = 2
     SOFT_RESET = 3
+    SET_FIRMWARE_TABLES = 4
 
 
 # VarCheckPolicyLib MMI

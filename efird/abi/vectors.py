@@ -117,9 +117,18 @@ SCENARIOS: dict[str, list[Step]] = {
          c.set_variable(VENDOR, "Locked", NV_BS_RT, b"2")),
         ("register after EndOfDxe: WRITE_PROTECTED", _policy_register("Late", 1)),
     ],
-    "09-planned-services": [
-        ("kexec service: UNSUPPORTED until implemented",
-         c.envelope(g.EFIRD_KEXEC_SERVICE, struct.pack("<QQ", 1, 0) + bytes(32))),
+    "09-kexec": [
+        ("GetRuntimeMap before any memory map: NOT_READY",
+         c.envelope(g.EFIRD_KEXEC_SERVICE, struct.pack("<QQ", 1, 0) + bytes(24))),
+        ("GetSetupData: struct efi_setup_data (96 bytes), nothing registered yet",
+         c.envelope(g.EFIRD_KEXEC_SERVICE, struct.pack("<QQ", 2, 0)
+                    + struct.pack("<Q", 96) + bytes(96))),
+        ("SetFirmwareTables", c.envelope(g.EFIRD_KEXEC_SERVICE, struct.pack("<QQ", 4, 0)
+                                         + struct.pack("<QQQQ", 0x7F000, 0x7F100, 0xF0000, 0))),
+        ("GetSetupData", c.envelope(g.EFIRD_KEXEC_SERVICE, struct.pack("<QQ", 2, 0)
+                                    + struct.pack("<Q", 96) + bytes(96))),
+        ("unknown function: UNSUPPORTED",
+         c.envelope(g.EFIRD_KEXEC_SERVICE, struct.pack("<QQ", 42, 0))),
     ],
     "11-time-and-reset": [
         ("SetTime 2026-02-30 (no such day): INVALID_PARAMETER",

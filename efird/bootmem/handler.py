@@ -4,9 +4,11 @@ protocols/PROTOCOL.md §5): decode, call BootMemoryService, encode."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from efird.abi import layouts as L
 from efird.abi.layouts import BootMemFunction as F
+from efird.abi.layouts import KexecFunction as K
 from efird.bootmem.service import BootMemoryService
 from efird.efi.status import Status
 from efird.envelope import FunctionHandler
@@ -130,3 +132,71 @@ class BootMemoryHandler(FunctionHandler):
                    (_HVM.struct.unpack_from(buf, p + _INIT.size + i * _HVM.size)
                     for i in range(count))]
         return self.service.init_memory_map(regions)
+
+
+_RMAP = L.EFIRD_RUNTIME_MAP
+_SETUP = L.EFIRD_SETUP_DATA
+_SOFT = L.EFIRD_SOFT_RESET
+_TABLES = L.EFIRD_FIRMWARE_TABLES
+
+
+class KexecHandler(FunctionHandler):
+    """The kexec service (EFIRD_KEXEC_SERVICE_GUID): what a kexec'd kernel needs from the
+    first one's firmware, and the soft reset that gives it a fresh boot path."""
+
+    header_name = "EFIRD_SERVICE_HEADER"
+
+    def __init__(self, service: BootMemoryService,
+                 soft_reset: Callable[[str], Status]) -> None:
+        super().__init__()
+        self.service = service
+        self.soft_reset = soft_reset
+        self.functions = {
+            K.GET_RUNTIME_MAP: self._get_runtime_map,
+            K.GET_SETUP_DATA: self._get_setup_data,
+            K.SOFT_RESET: self._soft_reset,
+            K.SET_FIRMWARE_TABLES: self._set_firmware_tables,
+        }
+
+    def _get_runtime_map(self, buf: bytearray, p: int, avail: int) -> Status:
+        if avail < _RMAP.size:
+            return Status.BAD_BUFFER_SIZE
+        size, desc_size, _version, _reserved = _RMAP.struct.unpack_from(buf, p)
+        desc_size = desc_size or 48
+        if desc_size < 40 or desc_size % 8:
+            return Status.INVALID_PARAMETER
+        if not self.service.has_map:
+            return Status.NOT_READY
+        data = self.service.runtime_map_bytes(desc_size)
+        _RMAP.struct.pack_into(buf, p, len(data), desc_size, 1, 0)
+        if len(data) > min(size, avail - _RMAP.size):
+            return Status.BUFFER_TOO_SMALL
+        buf[p + _RMAP.size : p + _RMAP.size + len(data)] = data
+        return Status.SUCCESS
+
+    def _get_setup_data(self, buf: bytearray, p: int, avail: int) -> Status:
+        if avail < _SETUP.size:
+            return Status.BAD_BUFFER_SIZE
+        (size,) = _SETUP.struct.unpack_from(buf, p)
+        data = self.service.setup_data()
+        _SETUP.struct.pack_into(buf, p, len(data))
+        if len(data) > min(size, avail - _SETUP.size):
+            return Status.BUFFER_TOO_SMALL
+        buf[p + _SETUP.size : p + _SETUP.size + len(data)] = data
+        return Status.SUCCESS
+
+    def _soft_reset(self, buf: bytearray, p: int, avail: int) -> Status:
+        if avail < _SOFT.size:
+            return Status.BAD_BUFFER_SIZE
+        (flags,) = _SOFT.struct.unpack_from(buf, p)
+        if flags:
+            return Status.INVALID_PARAMETER
+        return self.soft_reset("guest")
+
+    def _set_firmware_tables(self, buf: bytearray, p: int, avail: int) -> Status:
+        if avail < _TABLES.size:
+            return Status.BAD_BUFFER_SIZE
+        fw_vendor, tables, smbios, reserved = _TABLES.struct.unpack_from(buf, p)
+        if reserved:
+            return Status.INVALID_PARAMETER
+        return self.service.set_firmware_tables(fw_vendor, tables, smbios)

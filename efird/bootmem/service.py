@@ -9,6 +9,7 @@ write tables where the guest asked.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -55,6 +56,11 @@ class BootMemoryService:
         self.exited = False
         self.exit_status: int | None = None
         self.guest_memory: GuestMemoryView | None = None
+        # kexec: the runtime regions as (type, phys, virt, pages, attribute) once the virtual
+        # map is set, kept across soft resets; the guest's firmware table pointers.
+        self.runtime_map: list[tuple[int, int, int, int, int]] | None = None
+        self.after_kexec = False
+        self.firmware_tables = (0, 0, 0)
         if self.regions is not None:
             status = self.map.build(self.regions)
             if status is not Status.SUCCESS:
@@ -68,11 +74,73 @@ class BootMemoryService:
         """Platform reset: the map starts again from the toolstack's description."""
         self.exited = False
         self.exit_status = None
+        self.runtime_map = None
+        self.after_kexec = False
+        self.firmware_tables = (0, 0, 0)
         self.map = MemoryMap(self.map.capacity)
         self.has_map = False
         if self.regions is not None:
             self.map.build(self.regions)
             self.has_map = True
+
+    # -- kexec -----------------------------------------------------------------------------
+    def runtime_descriptors(self) -> list[tuple[int, int, int, int, int]]:
+        """(type, phys, virt, pages, attribute) of every runtime region now."""
+        return [(d.type, d.phys_start, d.virt_start, d.num_pages, d.attribute)
+                for d in self.map.descriptors() if d.attribute & Attribute.RUNTIME]
+
+    def soft_reset(self) -> Status:
+        """kexec: the next kernel gets a fresh boot path (memory map, allocations, page
+        tables) while the runtime regions, their virtual addresses and the variables stay
+        as they are (UEFI firmware is not re-entered; Linux reuses the runtime map)."""
+        if not self.has_map:
+            return Status.NOT_READY
+        keep = self.runtime_map if self.runtime_map is not None else None
+        runtime = self.runtime_descriptors()
+        fresh = MemoryMap(self.map.capacity)
+        if self.regions is not None:
+            status = fresh.build(self.regions)
+        else:  # the map came from the guest's hvm_memmap: rebuild from today's map
+            status = fresh.build([(d.phys_start, d.num_pages << 12, 1)
+                                  for d in self.map.descriptors()
+                                  if d.type not in MMIO_TYPES and d.num_pages]
+                                 + [(d.phys_start, d.num_pages << 12, 0x100)
+                                    for d in self.map.descriptors() if d.type in MMIO_TYPES])
+        if status is not Status.SUCCESS:
+            return status
+        existing = {(d.phys_start, d.num_pages) for d in fresh.descriptors()
+                    if d.attribute & Attribute.RUNTIME}
+        for kind, phys, _virt, pages, _attr in runtime:
+            if (phys, pages) in existing or kind in MMIO_TYPES:
+                continue
+            status, _ = fresh.allocate_pages(2, kind, pages, phys)  # AllocateAddress
+            if status is not Status.SUCCESS:
+                return Status.DEVICE_ERROR
+        self.map = fresh
+        self.exited = False
+        self.after_kexec = True
+        self.runtime_map = keep
+        log.info("soft reset", runtime_regions=len(runtime),
+                 virtual_map=self.runtime_map is not None)
+        return Status.SUCCESS
+
+    def set_firmware_tables(self, fw_vendor: int, tables: int, smbios: int) -> Status:
+        self.firmware_tables = (fw_vendor, tables, smbios)
+        return Status.SUCCESS
+
+    def setup_data(self) -> bytes:
+        """Linux's struct efi_setup_data for SETUP_EFI: fw_vendor, __unused, tables,
+        smbios, reserved[8]."""
+        fw_vendor, tables, smbios = self.firmware_tables
+        return struct.pack("<QQQQ8Q", fw_vendor, 0, tables, smbios, *([0] * 8))
+
+    def runtime_map_bytes(self, descriptor_size: int) -> bytes:
+        """The runtime map for the next kernel: EFI_MEMORY_DESCRIPTORs with VirtualStart."""
+        entries = self.runtime_map if self.runtime_map is not None else \
+            self.runtime_descriptors()
+        pad = bytes(descriptor_size - 40)
+        return b"".join(struct.pack("<IIQQQQ", kind, 0, phys, virt, pages, attr) + pad
+                        for kind, phys, virt, pages, attr in entries)
 
     # -- boot services -------------------------------------------------------------------
     def _boot_phase(self) -> Status | None:
@@ -140,7 +208,26 @@ class BootMemoryService:
                                 version: int) -> Status:
         if not self.exited:
             return Status.UNSUPPORTED  # only callable at runtime (UEFI 2.10 §8.4.1)
-        return self.map.set_virtual_address_map(virtual_map, descriptor_size, version)
+        # a kexec'd kernel may only present the map the first kernel set
+        if (self.after_kexec and self.runtime_map is not None and not self.map.virtual_mode
+                and not self._same_runtime_map(virtual_map, descriptor_size)):
+            return Status.UNSUPPORTED
+        status = self.map.set_virtual_address_map(virtual_map, descriptor_size, version)
+        if status is Status.SUCCESS and self.runtime_map is None:
+            self.runtime_map = self.runtime_descriptors()
+        return status
+
+    def _same_runtime_map(self, virtual_map: bytes, descriptor_size: int) -> bool:
+        if descriptor_size < 40 or len(virtual_map) % descriptor_size:
+            return False
+        assert self.runtime_map is not None
+        wanted = {(phys, pages): virt for _k, phys, virt, pages, _a in self.runtime_map}
+        given: dict[tuple[int, int], int] = {}
+        for at in range(0, len(virtual_map), descriptor_size):
+            _kind, _pad, phys, virt, pages, attr = struct.unpack_from("<IIQQQQ", virtual_map, at)
+            if attr & Attribute.RUNTIME:
+                given[(phys, pages)] = virt
+        return given == wanted
 
     def convert_pointer(self, debug_disposition: int, address: int) -> tuple[Status, int]:
         return self.map.convert_pointer(address, debug_disposition)

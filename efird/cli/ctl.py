@@ -85,6 +85,7 @@ def add_parser(sub: Any) -> None:
     restore.add_argument("--input", type=Path, metavar="FILE",
                          help="read the blob from FILE instead of base64 on stdin")
     command("reload", "re-read the variable store from disk")
+    command("soft-reset", "kexec / Xen soft reset: keep runtime state, fresh boot path")
     command("stop", "stop the daemon")
     p.set_defaults(run=run)
 
@@ -149,6 +150,12 @@ def _text(value: Any) -> str:
 def _status(client: ControlClient, args: argparse.Namespace) -> int:
     _emit(args, client.status())
     return EXIT_OK
+
+
+def _soft_reset(client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.soft_reset()
+    _emit(args, result, "soft reset done: runtime state kept, boot path fresh")
+    return 0
 
 
 def _reload(client: ControlClient, args: argparse.Namespace) -> int:
@@ -244,5 +251,6 @@ _COMMANDS = {
     "save-state": _save,
     "restore-state": _restore,
     "reload": _reload,
+    "soft-reset": _soft_reset,
     "stop": _stop,
 }

@@ -161,6 +161,10 @@ class ControlClient:
     def reload_store(self) -> dict[str, Any]:
         return self.request(p.RELOAD_STORE)
 
+    def soft_reset(self) -> dict[str, Any]:
+        """The toolstack's kexec / soft reset (Xen SHUTDOWN_soft_reset)."""
+        return self.request(p.SOFT_RESET)
+
     def stop(self) -> None:
         """Ask the daemon to stop; returns once it has begun (it then closes the socket)."""
         try:

@@ -138,3 +138,14 @@ class DomainControl:
 
     async def stop(self) -> None:
         self._stop()
+
+    async def soft_reset(self) -> dict[str, Any]:
+        await self.device.lock.acquire()
+        try:
+            status = self.domain.soft_reset("toolstack")
+        finally:
+            self.device.lock.release()
+        if status.is_error:
+            raise ControlError("not-ready" if status.name == "NOT_READY" else "soft-reset-failed",
+                               f"soft reset refused: {status.name}")
+        return {"status": status.name}

@@ -24,8 +24,8 @@ from typing import Any
 #: line, so this bounds the state to about 12 MiB (base64 takes 4 bytes per 3).
 MAX_LINE = 16 * 1024 * 1024
 
-STATUS, EVENTS, SAVE_STATE, RESTORE_STATE, RELOAD_STORE, STOP = (
-    "status", "events", "save-state", "restore-state", "reload-store", "stop")
+STATUS, EVENTS, SAVE_STATE, RESTORE_STATE, RELOAD_STORE, STOP, SOFT_RESET = (
+    "status", "events", "save-state", "restore-state", "reload-store", "stop", "soft-reset")
 
 #: Each operation's arguments: name -> required JSON type. Unknown arguments are refused
 #: so that a typo, or a newer toolstack talking to an older daemon, is an error and not
@@ -37,6 +37,7 @@ ARGUMENTS: dict[str, dict[str, type]] = {
     RESTORE_STATE: {"state": str},
     RELOAD_STORE: {},
     STOP: {},
+    SOFT_RESET: {},
 }
 OPS = tuple(ARGUMENTS)
 

@@ -68,6 +68,10 @@ class ControlHandler(Protocol):
         """Begin an orderly stop and return; the reply is sent before the daemon exits."""
         ...
 
+    async def soft_reset(self) -> dict[str, Any]:
+        """kexec / Xen soft reset: keep runtime state, give the next kernel a boot path."""
+        ...
+
 
 class Subscription:
     """One subscriber's bounded buffer of events; `receive` waits for the next one.
@@ -396,6 +400,8 @@ class _Connection:
         if request.op == p.STOP:
             await handler.stop()
             return {}
+        if request.op == p.SOFT_RESET:
+            return await handler.soft_reset()
         raise AssertionError(f"unhandled op {request.op}")  # parse_request knows OPS
 
     async def _subscribe(self, request: p.Request, nursery: trio.Nursery) -> None:
