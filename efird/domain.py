@@ -38,6 +38,8 @@ class Domain:
         self.bootmem = BootMemoryService(self.variables, memory_map)
         self.time = TimeService(store)
         self.listeners: list[Listener] = []  # events for the toolstack (control socket)
+        self.variables.on_security_violation = lambda guid, name: self.emit(
+            "secure-boot-violation", name=name, guid=guid_str(guid))
         self.dispatcher = Dispatcher()
         d = self.dispatcher
         d.register(g.SMM_VARIABLE_PROTOCOL, SmmVariableHandler(self.variables),

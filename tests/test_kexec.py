@@ -130,3 +130,29 @@ def test_cold_reset_after_kexec_forgets_the_virtual_map(domain: Domain) -> None:
     assert c.return_status(guest.raw(c.exit_boot_services(key))) is S.SUCCESS
     assert c.return_status(guest.raw(c.set_virtual_address_map(vmap_of(runtime, 0x1000),
                                                                48))) is S.SUCCESS
+
+
+def test_migrated_boot_memory_state_keeps_the_runtime_map(domain: Domain,
+                                                         tmp_path: Path) -> None:
+    """save-state/restore-state's boot-memory part: the target hands out the same runtime
+    map and, like after kexec, accepts only that virtual map."""
+    guest = Guest(domain)
+    runtime = first_kernel(guest)
+    kexec(guest, 4, struct.pack("<QQQQ", 1, 2, 3, 0))
+    exported = domain.bootmem.export_state()
+    target = Domain(SqliteStore(tmp_path / "target.efivars"), memory_map=q35(1024))
+    target.bootmem.import_state(target.bootmem.parse_state(exported))
+    other = Guest(target)
+    status, data = kexec(other, 1, struct.pack("<QQII", 4096, 0, 0, 0) + bytes(4096))
+    assert status is S.SUCCESS
+    size = struct.unpack_from("<Q", data)[0]
+    assert [DESC.unpack_from(data, 24 + i)[2:4] for i in range(0, size, 48)] == \
+        [(p, v) for _k, p, v, _n, _a in runtime]
+    assert struct.unpack_from("<QQQQ", kexec(other, 2, struct.pack("<Q", 96) + bytes(96))[1],
+                              8) == (1, 0, 2, 3)
+    assert c.return_status(other.raw(c.set_virtual_address_map(vmap_of(runtime, 0x1000), 48))) \
+        is S.UNSUPPORTED
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        target.bootmem.parse_state({"exited": True, "runtime_map": [[1, 2]],
+                                    "firmware_tables": [0, 0, 0]})
+    target.close()

@@ -375,3 +375,15 @@ def test_private_authenticated_variables_belong_to_their_creator(guest: Guest,
     assert guest.set("Private", b"", 0) is S.WRITE_PROTECTED  # no unsigned delete
     assert private(guest, keys["private"], b"", 4) is S.SUCCESS  # signed delete
     assert guest.get("Private").status is S.NOT_FOUND
+
+
+def test_security_violations_become_toolstack_events(guest: Guest, keys: Keys) -> None:
+    """The lifecycle issue's event stream reports Secure Boot violations (name, GUID)."""
+    events: list[tuple[str, dict[str, object]]] = []
+    guest.domain.listeners.append(lambda kind, data: events.append((kind, data)))
+    enroll_all(guest, keys)
+    attacker = keys["attacker"]
+    assert write(guest, "db", sbkeys.sign_auth("db", esl(attacker), attacker,
+                                               timestamp=ts(10))) is S.SECURITY_VIOLATION
+    assert events == [("secure-boot-violation",
+                       {"name": "db", "guid": "d719b2cb-3d3a-4596-a3bc-dad00e67656f"})]

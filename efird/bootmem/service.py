@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -38,6 +39,13 @@ CODE_TYPES = {MemoryType.LOADER_CODE, MemoryType.BOOT_SERVICES_CODE,
 MMIO_TYPES = {MemoryType.MMIO, MemoryType.MMIO_PORT_SPACE}
 UNMAPPED_TYPES = {MemoryType.UNUSABLE}
 EFI_MEMORY_RO = 0x20000
+
+
+@dataclass(frozen=True)
+class ImportedState:
+    exited: bool
+    runtime_map: list[tuple[int, int, int, int, int]] | None
+    firmware_tables: tuple[int, int, int]
 
 
 class GuestMemoryView(Protocol):
@@ -123,6 +131,41 @@ class BootMemoryService:
         log.info("soft reset", runtime_regions=len(runtime),
                  virtual_map=self.runtime_map is not None)
         return Status.SUCCESS
+
+    def export_state(self) -> dict[str, object]:
+        """What migration moves of the boot-memory service: the phase, the runtime map
+        with its virtual addresses and the firmware table pointers (the allocations of
+        the boot path are not moved: a migrated guest is past ExitBootServices, or boots
+        again)."""
+        runtime = self.runtime_map
+        return {"exited": self.exited,
+                "runtime_map": None if runtime is None else [list(r) for r in runtime],
+                "firmware_tables": list(self.firmware_tables)}
+
+    @staticmethod
+    def parse_state(state: dict[str, object]) -> ImportedState:
+        """Check an exported state without applying it (ValueError/TypeError/KeyError)."""
+        runtime = state["runtime_map"]
+        tables = state["firmware_tables"]
+        if not isinstance(tables, list) or len(tables) != 3:
+            raise ValueError("firmware_tables must hold three addresses")
+        parsed: list[tuple[int, int, int, int, int]] | None = None
+        if runtime is not None:
+            if not isinstance(runtime, list):
+                raise ValueError("runtime_map must be a list")
+            parsed = []
+            for entry in runtime:
+                kind, phys, virt, pages, attr = (int(x) for x in entry)
+                parsed.append((kind, phys, virt, pages, attr))
+        return ImportedState(bool(state["exited"]), parsed,
+                             (int(tables[0]), int(tables[1]), int(tables[2])))
+
+    def import_state(self, state: ImportedState) -> None:
+        self.exited = state.exited
+        self.runtime_map = state.runtime_map
+        # like a kexec'd kernel, the migrated guest may only present the map it set
+        self.after_kexec = state.runtime_map is not None
+        self.firmware_tables = state.firmware_tables
 
     def set_firmware_tables(self, fw_vendor: int, tables: int, smbios: int) -> Status:
         self.firmware_tables = (fw_vendor, tables, smbios)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from efird.bootmem.service import BootMemoryService
 from efird.control.protocol import ControlError
 from efird.device import EnvelopeDevice
 from efird.domain import Domain
@@ -67,6 +68,7 @@ class DomainControl:
                 "phase": {"end_of_dxe": v.phase.end_of_dxe,
                           "ready_to_boot": v.phase.ready_to_boot,
                           "runtime": v.phase.at_runtime},
+                "boot_memory": self.domain.bootmem.export_state(),
                 "clock": {"offset_ns": self.domain.time.offset_ns,
                           "zone": self.domain.time.zone,
                           "daylight": self.domain.time.daylight,
@@ -106,6 +108,9 @@ class DomainControl:
                                  bytes.fromhex(x["data"])) for x in body["volatile"]]
             phase = Phase(bool(body["phase"]["end_of_dxe"]),
                           bool(body["phase"]["ready_to_boot"]), bool(body["phase"]["runtime"]))
+            if not isinstance(body["boot_memory"], dict):
+                raise TypeError("boot_memory must be an object")
+            boot_memory = BootMemoryService.parse_state(body["boot_memory"])
             clock = body["clock"]
             enabled, pending, alarm = clock["wakeup"]
             clock_state = ClockState(int(clock["offset_ns"]), int(clock["zone"]),
@@ -118,6 +123,7 @@ class DomainControl:
         await self.device.lock.acquire()
         try:
             self.domain.time.restore(clock_state)  # durable first: it can fail
+            self.domain.bootmem.import_state(boot_memory)
             self.domain.variables.restore_volatile(volatile, phase)
         except StoreError as exc:
             raise ControlError("store-error", str(exc)) from None

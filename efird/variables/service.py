@@ -10,6 +10,7 @@ the store *before* memory changes, so a failed write leaves both unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -87,6 +88,8 @@ class VariableService:
         self.phase = Phase()
         self.policy = VariablePolicy()
         self.counters = Counters()
+        # told about every SECURITY_VIOLATION (the daemon turns it into a toolstack event)
+        self.on_security_violation: Callable[[bytes, str], None] | None = None
         self._all: SortedDict = SortedDict()  # Key -> Variable, every variable
         self._rt: SortedDict = SortedDict()  # Key -> Variable, those with RUNTIME_ACCESS
         self._used = {"nv": 0, "hr": 0, "volatile": 0}
@@ -264,6 +267,8 @@ class VariableService:
             self.counters.store_errors += 1
             log.error("store write failed", error=str(exc))
             status = Status.DEVICE_ERROR
+        if status is Status.SECURITY_VIOLATION and self.on_security_violation is not None:
+            self.on_security_violation(guid, name)
         if status is not Status.SUCCESS:
             self.counters.set_failures += 1
             self.counters.by_status[status.name] = self.counters.by_status.get(status.name, 0) + 1
