@@ -156,3 +156,18 @@ def test_migrated_boot_memory_state_keeps_the_runtime_map(domain: Domain,
         target.bootmem.parse_state({"exited": True, "runtime_map": [[1, 2]],
                                     "firmware_tables": [0, 0, 0]})
     target.close()
+
+
+def test_soft_reset_after_init_memory_map_keeps_the_guests_layout(tmp_path: Path) -> None:
+    """Without --memmap the next kernel's map comes from the hvm_memmap the guest gave:
+    reserved and ACPI ranges stay what they were."""
+    d = Domain(SqliteStore(tmp_path / "vm.efivars"))
+    guest = Guest(d)
+    entries = [(0, 0x9F000, 1), (0x100000, 0x3FF00000, 1), (0xE0000, 0x20000, 3),
+               (0xFEC00000, 0x1000, 2)]
+    assert c.return_status(guest.raw(c.init_memory_map(entries))) is S.SUCCESS
+    before = c.parse_get_memory_map(guest.raw(c.get_memory_map(4096)))[5]
+    assert kexec(guest, 3, struct.pack("<Q", 0))[0] is S.SUCCESS
+    after = c.parse_get_memory_map(guest.raw(c.get_memory_map(4096)))[5]
+    assert after == before
+    d.close()

@@ -67,6 +67,7 @@ class BootMemoryService:
         # kexec: the runtime regions as (type, phys, virt, pages, attribute) once the virtual
         # map is set, kept across soft resets; the guest's firmware table pointers.
         self.runtime_map: list[tuple[int, int, int, int, int]] | None = None
+        self.guest_regions: list[tuple[int, int, int]] | None = None  # from InitMemoryMap
         self.after_kexec = False
         self.firmware_tables = (0, 0, 0)
         if self.regions is not None:
@@ -83,6 +84,7 @@ class BootMemoryService:
         self.exited = False
         self.exit_status = None
         self.runtime_map = None
+        self.guest_regions = None
         self.after_kexec = False
         self.firmware_tables = (0, 0, 0)
         self.map = MemoryMap(self.map.capacity)
@@ -106,14 +108,11 @@ class BootMemoryService:
         keep = self.runtime_map if self.runtime_map is not None else None
         runtime = self.runtime_descriptors()
         fresh = MemoryMap(self.map.capacity)
-        if self.regions is not None:
-            status = fresh.build(self.regions)
-        else:  # the map came from the guest's hvm_memmap: rebuild from today's map
-            status = fresh.build([(d.phys_start, d.num_pages << 12, 1)
-                                  for d in self.map.descriptors()
-                                  if d.type not in MMIO_TYPES and d.num_pages]
-                                 + [(d.phys_start, d.num_pages << 12, 0x100)
-                                    for d in self.map.descriptors() if d.type in MMIO_TYPES])
+        # the toolstack's description, or the hvm_memmap the guest gave InitMemoryMap
+        source = self.regions if self.regions is not None else self.guest_regions
+        if source is None:
+            return Status.NOT_READY
+        status = fresh.build(source)
         if status is not Status.SUCCESS:
             return status
         existing = {(d.phys_start, d.num_pages) for d in fresh.descriptors()
@@ -202,6 +201,7 @@ class BootMemoryService:
         status = self.map.build(regions)
         if status is Status.SUCCESS:
             self.has_map = True
+            self.guest_regions = list(regions)
         return status
 
     def get_memory_map(self, buffer: memoryview, descriptor_size: int
