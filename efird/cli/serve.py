@@ -21,6 +21,7 @@ from efird.device import EnvelopeDevice
 from efird.domain import Domain
 from efird.notify import sd_notify
 from efird.store.sqlite import SqliteStore
+from efird.unixsock import SocketInUseError
 from efird.vhost import server
 
 log = structlog.get_logger("efird.serve")
@@ -95,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
     outcome: dict[str, int] = {}
     try:
         trio.run(_serve, args, domain, outcome)
-    except (server.SocketInUseError, control_server.SocketInUseError, ConnectionError,
-            OSError) as exc:
+    except (SocketInUseError, ConnectionError, OSError) as exc:
         log.error("cannot serve", error=str(exc))
         print(f"efird serve: {exc}", file=sys.stderr)
         return 1

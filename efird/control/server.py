@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import socket
-import stat
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -23,6 +21,7 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from efird import unixsock
 from efird.control import protocol as p
 from efird.control.protocol import ControlError
 
@@ -36,8 +35,7 @@ _STOP_REPLY_GRACE = 2.0
 _client_numbers = itertools.count(1)  # tells connections apart in the log
 
 
-class SocketInUseError(Exception):
-    """The control socket path is held by a live process, or is not a socket."""
+SocketInUseError = unixsock.SocketInUseError
 
 
 class ControlHandler(Protocol):
@@ -180,40 +178,8 @@ class EventBus:
                 self._subscriptions.remove(subscription)
 
 
-def _prepare_path(path: Path) -> None:
-    """Remove a stale socket left by a dead process; refuse a live one or a non-socket."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SocketInUseError(f"control socket {path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        log.info("removing stale control socket", socket=str(path))
-        path.unlink(missing_ok=True)
-        return
-    finally:
-        probe.close()
-    raise SocketInUseError(f"control socket {path} is in use by another process")
-
-
 async def _listen(path: Path, mode: int) -> trio.socket.SocketType:
-    _prepare_path(path)
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o777 & ~mode)  # never visible with wider permissions
-    try:
-        await listener.bind(str(path))
-        os.chmod(path, mode)
-    except BaseException:
-        listener.close()
-        raise
-    finally:
-        os.umask(old_umask)
-    listener.listen(16)
-    return listener
+    return await unixsock.listen(path, mode=mode, backlog=16, what="control socket")
 
 
 async def serve_control(path: Path, handler: ControlHandler, *,

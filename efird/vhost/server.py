@@ -6,21 +6,19 @@ the caller's choice: wait for the next one, or return.
 
 from __future__ import annotations
 
-import os
 import socket
-import stat
 from pathlib import Path
 
 import structlog
 import trio
 
+from efird import unixsock
 from efird.vhost.backend import Connection, Device
 
 log = structlog.get_logger("efird.vhost")
 
 
-class SocketInUseError(Exception):
-    """Another process listens on the socket path."""
+SocketInUseError = unixsock.SocketInUseError
 
 
 async def _serve_one(sock: trio.socket.SocketType, device: Device, queues: int) -> None:
@@ -30,35 +28,8 @@ async def _serve_one(sock: trio.socket.SocketType, device: Device, queues: int) 
         nursery.cancel_scope.cancel()
 
 
-def _prepare_listen_path(path: Path) -> None:
-    """Remove a stale socket left by a dead process; refuse a live one or a non-socket."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SocketInUseError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)
-        return
-    finally:
-        probe.close()
-    raise SocketInUseError(f"{path} is in use by another process")
-
-
 async def listen(path: Path, *, mode: int = 0o600) -> trio.socket.SocketType:
-    _prepare_listen_path(path)
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o777 & ~mode)
-    try:
-        await listener.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    listener.listen(1)
-    return listener
+    return await unixsock.listen(path, mode=mode, what="vhost-user socket")
 
 
 async def serve_listening(listener: trio.socket.SocketType, device: Device, *, queues: int,
