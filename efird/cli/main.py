@@ -11,6 +11,7 @@ from efird import log as efird_log
 from efird.cli import call as call_cmd
 from efird.cli import ctl as ctl_cmd
 from efird.cli import serve as serve_cmd
+from efird.cli import vars as vars_cmd
 from efird.store.base import StoreError
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     call_cmd.add_parser(sub)
     serve_cmd.add_parser(sub)
     ctl_cmd.add_parser(sub)
+    vars_cmd.add_parser(sub)
     return parser
 
 

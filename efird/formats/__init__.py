@@ -1,0 +1,1 @@
+"""Readers and writers for variable-store files other tools and firmware produce."""
