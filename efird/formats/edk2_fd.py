@@ -32,21 +32,8 @@ from efird.efi import attributes as attrs
 from efird.efi import time as efitime
 from efird.efi.guid import guid_bytes
 from efird.efi.ucs2 import decode_name, encode_name
+from efird.formats.errors import FormatError
 from efird.variables.model import Key, Variable
-
-try:  # a shared error type, when the formats package grows one
-    from efird.formats.errors import FormatError  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - depends on what else exists in the tree
-
-    class FormatError(ValueError):  # type: ignore[no-redef,unused-ignore]
-        """A file that is not what it claims to be; the message names the file and the fault,
-        so an operator can tell which of several images is broken and why."""
-
-        def __init__(self, source: str, problem: str) -> None:
-            super().__init__(f"{source}: {problem}")
-            self.source = source
-            self.problem = problem
-
 
 __all__ = [
     "DEFAULT_SIZE",
