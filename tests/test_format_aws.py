@@ -13,23 +13,8 @@ from efird.formats import aws, qemu_json
 from efird.formats.errors import FormatError
 from efird.variables.model import Variable
 
-NV_BS_RT = 0x07
-AUTH = 0x27
-TIME = bytes.fromhex("e9070102030405000000000000000000")
-IDENTITY = bytes(range(1, 33))
-
-VARS = [
-    Variable(guid.EFI_GLOBAL_VARIABLE, "BootOrder", NV_BS_RT, b"\x00\x00\x01\x00"),
-    Variable(guid.EFI_GLOBAL_VARIABLE, "PK", AUTH, b"\x30\x82" * 10, TIME),
-    Variable(guid.SHIM_LOCK, "Private", AUTH, b"secret", TIME, IDENTITY),
-    Variable(guid.SHIM_LOCK, "Caf\u00e9\u4e2d", NV_BS_RT, b"\x01"),
-    Variable(guid.SHIM_LOCK, "Pair\ud83d\ude00", NV_BS_RT, b"\x02"),
-    Variable(guid.SHIM_LOCK, "Lone\udc00x\ud800", NV_BS_RT, b"\x03"),
-]
-
-
-def _canon(vs: list[Variable]) -> list[Variable]:
-    return sorted(vs, key=lambda v: (guid.guid_str(v.guid), v.name))
+from .format_samples import AUTH, NV_BS_RT, TIME, VARS
+from .format_samples import canon as _canon
 
 
 def test_crc32c_check_value() -> None:

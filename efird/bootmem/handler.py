@@ -169,10 +169,7 @@ class KexecHandler(FunctionHandler):
             return Status.NOT_READY
         data = self.service.runtime_map_bytes(desc_size)
         _RMAP.struct.pack_into(buf, p, len(data), desc_size, 1, 0)
-        if len(data) > min(size, avail - _RMAP.size):
-            return Status.BUFFER_TOO_SMALL
-        buf[p + _RMAP.size : p + _RMAP.size + len(data)] = data
-        return Status.SUCCESS
+        return _fill_tail(buf, p + _RMAP.size, min(size, avail - _RMAP.size), data)
 
     def _get_setup_data(self, buf: bytearray, p: int, avail: int) -> Status:
         if avail < _SETUP.size:
@@ -180,10 +177,7 @@ class KexecHandler(FunctionHandler):
         (size,) = _SETUP.struct.unpack_from(buf, p)
         data = self.service.setup_data()
         _SETUP.struct.pack_into(buf, p, len(data))
-        if len(data) > min(size, avail - _SETUP.size):
-            return Status.BUFFER_TOO_SMALL
-        buf[p + _SETUP.size : p + _SETUP.size + len(data)] = data
-        return Status.SUCCESS
+        return _fill_tail(buf, p + _SETUP.size, min(size, avail - _SETUP.size), data)
 
     def _soft_reset(self, buf: bytearray, p: int, avail: int) -> Status:
         if avail < _SOFT.size:
@@ -200,3 +194,12 @@ class KexecHandler(FunctionHandler):
         if reserved:
             return Status.INVALID_PARAMETER
         return self.service.set_firmware_tables(fw_vendor, tables, smbios)
+
+
+def _fill_tail(buf: bytearray, at: int, room: int, data: bytes) -> Status:
+    """Copy `data` into the caller's buffer after its header, or report it too small (the
+    header already says how much is needed)."""
+    if len(data) > room:
+        return Status.BUFFER_TOO_SMALL
+    buf[at : at + len(data)] = data
+    return Status.SUCCESS
