@@ -123,6 +123,7 @@ async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, in
                                     lambda: _in_trio(nursery.cancel_scope.cancel))
             await nursery.start(partial(control_server.serve_control, args.control, handler,
                                         bus=bus))
+            domain.store.advertise(str(args.control))
         if args.connect:
             _ready(args, "connecting")
             await server.serve_connecting(args.socket, device, queues=args.queues, once=once)

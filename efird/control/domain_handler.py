@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from efird.bootmem.service import BootMemoryService
+from efird.control import protocol as p
 from efird.control.protocol import ControlError
 from efird.device import EnvelopeDevice
 from efird.domain import Domain
@@ -24,6 +25,7 @@ from efird.efi.attributes import NV
 from efird.efi.guid import guid_bytes, guid_str
 from efird.platform.time_service import ClockState
 from efird.store.base import StoreError
+from efird.variables.admin import StoreAdmin
 from efird.variables.model import Variable
 from efird.variables.secureboot import FIRMWARE_OWNED
 from efird.variables.service import Phase
@@ -144,6 +146,19 @@ class DomainControl:
 
     async def stop(self) -> None:
         self._stop()
+
+    async def vars_request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        from efird.control import vars_ops
+
+        await self.device.lock.acquire()  # between two guest requests
+        try:
+            result = vars_ops.apply(StoreAdmin(self.domain.variables), op, args)
+        finally:
+            self.device.lock.release()
+        if op not in (p.VARS_LIST,):
+            self.domain.emit("variables-changed", op=op, **{
+                k: v for k, v in result.items() if k in ("status", "imported", "deleted")})
+        return result
 
     async def soft_reset(self) -> dict[str, Any]:
         await self.device.lock.acquire()

@@ -26,6 +26,9 @@ MAX_LINE = 16 * 1024 * 1024
 
 STATUS, EVENTS, SAVE_STATE, RESTORE_STATE, RELOAD_STORE, STOP, SOFT_RESET = (
     "status", "events", "save-state", "restore-state", "reload-store", "stop", "soft-reset")
+# `efird vars` on a served store (efird/control/vars_ops.py)
+VARS_LIST, VARS_SET, VARS_IMPORT, VARS_RESET_SECURE_BOOT, VARS_POLICY = (
+    "vars-list", "vars-set", "vars-import", "vars-reset-secure-boot", "vars-policy")
 
 #: Each operation's arguments: name -> required JSON type. Unknown arguments are refused
 #: so that a typo, or a newer toolstack talking to an older daemon, is an error and not
@@ -38,7 +41,13 @@ ARGUMENTS: dict[str, dict[str, type]] = {
     RELOAD_STORE: {},
     STOP: {},
     SOFT_RESET: {},
+    VARS_LIST: {},
+    VARS_SET: {"guid": str, "name": str, "attributes": int, "data": str},
+    VARS_IMPORT: {"variables": list, "replace": bool},
+    VARS_RESET_SECURE_BOOT: {"delete_keys": bool},
+    VARS_POLICY: {"require_self_signed_pk": bool},
 }
+VARS_OPS = (VARS_LIST, VARS_SET, VARS_IMPORT, VARS_RESET_SECURE_BOOT, VARS_POLICY)
 OPS = tuple(ARGUMENTS)
 
 # Error codes the server itself produces. A ControlHandler may refuse with codes of its
@@ -55,7 +64,7 @@ INTERNAL = "internal"            # the daemon failed unexpectedly answering the 
 #: Event kinds the daemon publishes; open-ended, subscribers must skip kinds they do not
 #: know. EVENTS_DROPPED is produced by the event bus itself.
 EVENT_KINDS = ("reset", "shutdown", "kexec", "wake", "secure-boot-violation", "exit",
-               "store-reloaded", "stopping")
+               "store-reloaded", "variables-changed", "stopping")
 EVENTS_DROPPED = "events-dropped"
 
 RequestId = int | str

@@ -70,6 +70,10 @@ class ControlHandler(Protocol):
         """kexec / Xen soft reset: keep runtime state, give the next kernel a boot path."""
         ...
 
+    async def vars_request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """One of protocol.VARS_OPS: `efird vars` on the served store."""
+        ...
+
 
 class Subscription:
     """One subscriber's bounded buffer of events; `receive` waits for the next one.
@@ -368,6 +372,8 @@ class _Connection:
             return {}
         if request.op == p.SOFT_RESET:
             return await handler.soft_reset()
+        if request.op in p.VARS_OPS:
+            return await handler.vars_request(request.op, request.args)
         raise AssertionError(f"unhandled op {request.op}")  # parse_request knows OPS
 
     async def _subscribe(self, request: p.Request, nursery: trio.Nursery) -> None:

@@ -24,7 +24,14 @@ class StoreCorruptError(StoreError):
 
 
 class StoreLockedError(StoreError):
-    """Another process owns the store."""
+    """Another process owns the store. `owner` is its pid as recorded (text) and `control`
+    the control socket it advertised for operators (efird vars), when it has one."""
+
+    def __init__(self, message: str, owner: str = "unknown", control: str | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.control = control
 
 
 class StoreFullError(StoreError):
@@ -56,6 +63,10 @@ class VariableStore(ABC):
     @abstractmethod
     def get_meta(self, key: str) -> bytes | None:
         """A metadata record, or None."""
+
+    def advertise(self, control: str | None) -> None:  # noqa: B027 (optional hook)
+        """Tell operators' tools which control socket reaches the process serving this
+        store (efird vars routes its changes through it); a no-op where nothing locks."""
 
     def changed_since_load(self) -> bool:
         """True when another process committed since this one last loaded or committed."""

@@ -135,14 +135,31 @@ class SqliteStore(VariableStore):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            error = self._locked_error(fd)
             os.close(fd)
-            raise StoreLockedError(
-                f"store {self.path} is in use by another efird process (pid {owner})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise error from None
         self._lock_fd = fd
+        self.advertise()
+
+    def advertise(self, control: str | None = None) -> None:
+        """Record the owner in the lock file: this pid and, when given, the control socket
+        through which `efird vars` reaches the store while this process serves it."""
+        if self._lock_fd is None:
+            return
+        text = f"{os.getpid()}\n"
+        if control is not None:
+            text += f"control={os.path.abspath(control)}\n"
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, text.encode(), 0)
+
+    def _locked_error(self, fd: int) -> StoreLockedError:
+        lines = os.pread(fd, 4096, 0).decode(errors="replace").splitlines()
+        owner = lines[0].strip() if lines and lines[0].strip() else "unknown"
+        control = next((line[len("control="):] for line in lines[1:]
+                        if line.startswith("control=")), None)
+        return StoreLockedError(
+            f"store {self.path} is in use by another efird process (pid {owner})",
+            owner, control)
 
     def _check_not_served(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -156,10 +173,7 @@ class SqliteStore(VariableStore):
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreLockedError(
-                f"store {self.path} is in use by another efird process (pid {owner})"
-            ) from None
+            raise self._locked_error(fd) from None
         finally:
             os.close(fd)
 

@@ -65,6 +65,13 @@ def split_auth2(data: bytes) -> AuthWrite:
     )
 
 
+def pack_auth2(timestamp: bytes, cert_data: bytes, payload: bytes) -> bytes:
+    """The inverse of split_auth2: TimeStamp, WIN_CERTIFICATE_UEFI_GUID(PKCS7), payload."""
+    header = _WIN_CERT.pack(_WIN_CERT.size + len(cert_data), WIN_CERT_REVISION,
+                            WIN_CERT_TYPE_EFI_GUID, g.EFI_CERT_TYPE_PKCS7)
+    return bytes(timestamp) + header + cert_data + payload
+
+
 def signed_content(name: str, guid: bytes, attributes: int, auth: AuthWrite) -> bytes:
     """What the PKCS#7 signature covers: Name (no NUL) || Guid || Attributes || TimeStamp
     || payload."""

@@ -52,6 +52,10 @@ SIGNATURE_SUPPORT_TYPES = (g.EFI_CERT_SHA1, g.EFI_CERT_SHA256, g.EFI_CERT_SHA384
 META_AUDIT = "sb.audit_mode"
 META_DEPLOYED = "sb.deployed_mode"
 META_VENDOR_KEYS = "sb.vendor_keys"
+# The store's own policy (EDK2 PcdRequireSelfSignedPk, a build-time choice there): must a PK
+# enrolled in setup mode have signed itself? Kept with the store so that the daemon and
+# `efird vars` decide alike; set with `efird vars sb-policy`.
+META_SELF_SIGNED_PK = "sb.require_self_signed_pk"
 
 
 @dataclass
@@ -61,6 +65,7 @@ class SecureBootState:
     audit: bool = False
     deployed: bool = False
     vendor_keys: bool = True
+    require_self_signed_pk: bool = False
 
     def mode(self, pk_enrolled: bool) -> Mode:
         if pk_enrolled:
@@ -72,6 +77,7 @@ class SecureBootState:
             META_AUDIT: bytes([self.audit]),
             META_DEPLOYED: bytes([self.deployed]),
             META_VENDOR_KEYS: bytes([self.vendor_keys]),
+            META_SELF_SIGNED_PK: bytes([self.require_self_signed_pk]),
         }
 
     @classmethod
@@ -81,7 +87,7 @@ class SecureBootState:
             return default if raw is None else raw == b"\x01"
 
         return cls(flag(META_AUDIT, False), flag(META_DEPLOYED, False),
-                   flag(META_VENDOR_KEYS, True))
+                   flag(META_VENDOR_KEYS, True), flag(META_SELF_SIGNED_PK, False))
 
 
 def firmware_variables(state: SecureBootState, pk_enrolled: bool) -> list[Variable]:

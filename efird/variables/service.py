@@ -11,7 +11,7 @@ the store *before* memory changes, so a failed write leaves both unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from sortedcontainers import SortedDict
@@ -163,6 +163,11 @@ class VariableService:
     def variables(self) -> list[Variable]:
         """Every variable, in enumeration order (for tools; ignores the phase)."""
         return list(self._all.values())
+
+    def find(self, guid: bytes, name: str) -> Variable | None:
+        """A variable whatever the phase (for tools), or None."""
+        v: Variable | None = self._all.get((guid, name))
+        return v
 
     def lookup(self, guid: bytes, name: str) -> Variable | None:
         """A variable as the guest would see it now, or None."""
@@ -461,7 +466,7 @@ class VariableService:
             pass  # the host's physical-presence path: no signature, as EDK2's custom mode
         elif not in_setup:
             self._authorize_key_write(key, attributes, auth, existing, mode)
-        elif is_pk and self.options.require_self_signed_pk:
+        elif is_pk and (self.options.require_self_signed_pk or self.sb.require_self_signed_pk):
             # PcdRequireSelfSignedPk: the new PK must have signed itself.
             authvars.check_descriptor(auth, None, False)
             authvars.verify_signed_by(key[1], key[0], attributes, auth,
@@ -475,7 +480,7 @@ class VariableService:
             payload = authvars.filter_append(existing.data, auth.payload)
         deleting = not auth.payload and not append
 
-        new_sb = SecureBootState(self.sb.audit, self.sb.deployed, self.sb.vendor_keys)
+        new_sb = replace(self.sb)
         if is_pk and not deleting and mode is Mode.AUDIT:
             new_sb.audit, new_sb.deployed = False, True  # Audit -> Deployed (§32.3.3)
         if is_pk and deleting:
@@ -545,6 +550,37 @@ class VariableService:
             self.store.commit(meta=meta)
             self.sb.deployed = value
         self._refresh_firmware_variables()
+
+    # ----------------------------------------------------------- operator only ---
+    def reset_secure_boot(self, *, delete_keys: bool = False) -> Status:
+        """Back to Setup Mode, as a platform's physical-presence "reset to setup mode":
+        the PK goes (and with delete_keys, KEK, db, dbx and dbt too), Audit and Deployed
+        Mode are left, VendorKeys drops to 0. One store commit; only the host may do this.
+        """
+        keys = [secureboot.PK]
+        if delete_keys:
+            keys += [secureboot.KEK, *sorted(secureboot.SECURITY_DATABASES)]
+        deletes = [k for k in keys if k in self._all]
+        new_sb = replace(self.sb, audit=False, deployed=False,
+                         vendor_keys=self.sb.vendor_keys and not deletes)
+        try:
+            self.store.commit(deletes=deletes, meta=new_sb.meta())
+        except StoreFullError:
+            return Status.OUT_OF_RESOURCES
+        except StoreError as exc:
+            log.error("store write failed", error=str(exc))
+            return Status.DEVICE_ERROR
+        for k in deletes:
+            self._remove(k)
+        self.sb = new_sb
+        self._refresh_firmware_variables()
+        return Status.SUCCESS
+
+    def set_require_self_signed_pk(self, required: bool) -> None:
+        """The store's PcdRequireSelfSignedPk (persisted; StoreError if it cannot be)."""
+        new_sb = replace(self.sb, require_self_signed_pk=required)
+        self.store.commit(meta=new_sb.meta())
+        self.sb = new_sb
 
     # ------------------------------------------------------------ phase events ---
     def end_of_dxe(self) -> None:
