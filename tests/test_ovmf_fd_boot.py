@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
+from .cli import efird_vars
 from .qemu.vm import find_qemu
-from .test_vars_cli import efird_vars
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 PROBE_NAME = "EfirdProbe"

@@ -10,13 +10,9 @@ from pathlib import Path
 import pytest
 
 from . import sbkeys
+from .cli import efird_vars, raw_value
 
 VENDOR = "11111111-2222-3333-4444-555555555555"
-
-
-def efird_vars(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "efird.cli.main", "vars", "--store",
-                           str(store), *args], capture_output=True, text=True, timeout=60)
 
 
 def test_set_get_list_append_delete(tmp_path: Path) -> None:
@@ -99,12 +95,6 @@ def test_a_served_store_is_refused_with_the_owner(tmp_path: Path) -> None:
 
 
 MS_FD = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
-
-
-def raw_value(store: Path, name: str, guid: str) -> bytes:
-    return subprocess.run([sys.executable, "-m", "efird.cli.main", "vars", "--store",
-                           str(store), "get", name, "--guid", guid, "--raw"],
-                          capture_output=True, timeout=60, check=True).stdout
 
 
 def test_import_ovmf_store_and_export_every_format(tmp_path: Path) -> None:
