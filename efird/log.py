@@ -1,4 +1,10 @@
-"""structlog set-up: JSON lines when stderr is not a terminal, readable lines when it is."""
+"""structlog set-up: JSON lines when stderr is not a terminal, readable lines when it is.
+
+structlog (and the asyncio it pulls in) is the largest part of a short command's start-up,
+and `efird vars` or `efird ctl` usually log nothing. So `configure` only records the
+settings until structlog is imported, and library modules take their logger from
+`get_logger`, which imports and configures structlog on its first use.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,25 @@ import logging
 import sys
 from typing import Any
 
-import structlog
+_pending: dict[str, Any] | None = None
 
 
 def configure(level: str = "info", *, json: bool | None = None, **context: Any) -> None:
     """Configure efird's logging once per process; `context` is bound to every line."""
+    global _pending
+    _pending = {"level": level, "json": json, "context": context}
+    if "structlog" in sys.modules:
+        _apply()
+
+
+def _apply() -> None:
+    global _pending
+    settings, _pending = _pending, None
+    if settings is None:
+        return
+    import structlog
+
+    json = settings["json"]
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = (structlog.processors.JSONRenderer() if json
@@ -24,10 +44,30 @@ def configure(level: str = "info", *, json: bool | None = None, **context: Any) 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+            logging.getLevelNamesMapping()[settings["level"].upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()
-    if context:
-        structlog.contextvars.bind_contextvars(**context)
+    if settings["context"]:
+        structlog.contextvars.bind_contextvars(**settings["context"])
+
+
+class _LazyLogger:
+    """A structlog logger that comes into being on its first call."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._logger is None:
+            import structlog
+
+            _apply()
+            self._logger = structlog.get_logger(self._name)
+        return getattr(self._logger, attr)
+
+
+def get_logger(name: str) -> Any:
+    return _LazyLogger(name)

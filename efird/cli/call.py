@@ -12,12 +12,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from efird.domain import Domain
-from efird.envelope import Refusal
-from efird.store.sqlite import SqliteStore
-from efird.variables.service import Options
+if TYPE_CHECKING:  # imported where used: `efird vars` and `efird ctl` start without them
+    from efird.domain import Domain
+    from efird.store.sqlite import SqliteStore
 
 HELP = """\
 examples:
@@ -68,6 +67,9 @@ def load_memory_map(path: Path | None) -> list[tuple[int, int, int]] | None:
 
 def make_domain(store: SqliteStore, args: argparse.Namespace,
                 memory_map: list[tuple[int, int, int]] | None) -> Domain:
+    from efird.domain import Domain
+    from efird.variables.service import Options
+
     try:
         return Domain(store, memory_map=memory_map,
                       options=Options(require_self_signed_pk=args.require_self_signed_pk))
@@ -81,6 +83,8 @@ class UsageError(Exception):
 
 
 def serve_lines(domain: Domain, lines: TextIO, out: TextIO) -> None:
+    from efird.envelope import Refusal
+
     for raw in lines:
         text = raw.strip()
         if not text:
@@ -100,6 +104,8 @@ def serve_lines(domain: Domain, lines: TextIO, out: TextIO) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from efird.store.sqlite import SqliteStore
+
     memory_map = load_memory_map(args.memmap)
     store = SqliteStore(args.store)
     domain = make_domain(store, args, memory_map)

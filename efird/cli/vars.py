@@ -199,10 +199,8 @@ def open_target(args: argparse.Namespace) -> tuple[Target, Callable[[], None]]:
         return daemon, daemon.close
 
     def close() -> None:
-        try:
-            store.sync()
-        finally:
-            store.close()
+        # every commit is durable already; sync() is for a store that was written
+        store.close()
 
     try:
         return StoreAdmin(VariableService(store)), close
@@ -218,10 +216,10 @@ def _list(target: Target, args: argparse.Namespace) -> int:
             {"name": v.name, "guid": g.guid_str(v.guid), "guid_name": g.guid_name(v.guid),
              "attributes": v.attributes, "size": len(v.data)} for v in variables]})
         return EXIT_OK
-    print(f"{'NAME':<24} {'GUID':<38} {'ATTRIBUTES':<12} {'SIZE':>6}")
-    for v in variables:
-        print(f"{v.name:<24} {g.guid_name(v.guid):<38} "
-              f"{format_attributes(v.attributes):<12} {len(v.data):>6}")
+    lines = [f"{'NAME':<24} {'GUID':<38} {'ATTRIBUTES':<12} {'SIZE':>6}"]
+    lines += [f"{v.name:<24} {g.guid_name(v.guid):<38} "
+              f"{format_attributes(v.attributes):<12} {len(v.data):>6}" for v in variables]
+    sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntFlag
+from functools import lru_cache
 
 
 class Attr(IntFlag):
@@ -60,6 +61,7 @@ def parse_attributes(text: str) -> int:
     return mask
 
 
+@lru_cache(maxsize=256)
 def format_attributes(mask: int) -> str:
     """An attribute mask as 'nv,bs,rt' (unknown bits in hex)."""
     parts = [name for name, bit in SHORT_NAMES.items() if mask & bit]

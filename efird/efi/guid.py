@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 
 
 def guid_bytes(text: str) -> bytes:
@@ -10,6 +11,7 @@ def guid_bytes(text: str) -> bytes:
     return uuid.UUID(text).bytes_le
 
 
+@lru_cache(maxsize=1024)  # a store has few distinct vendor GUIDs and many variables
 def guid_str(raw: bytes) -> str:
     """16 bytes in EFI order to lowercase registry form."""
     return str(uuid.UUID(bytes_le=bytes(raw)))

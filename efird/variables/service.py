@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import structlog
 from sortedcontainers import SortedDict
 
 from efird.efi import guid as g
@@ -31,6 +30,7 @@ from efird.efi.attributes import (
 )
 from efird.efi.status import EfiError, Status
 from efird.efi.time import EfiTime
+from efird.log import get_logger
 from efird.store.base import StoreError, StoreFullError, VariableStore
 from efird.variables import authvars, secureboot
 from efird.variables.limits import VARIABLE_HEADER_SIZE, Limits, footprint
@@ -38,7 +38,7 @@ from efird.variables.model import Key, Variable
 from efird.variables.policy import VariablePolicy
 from efird.variables.secureboot import Mode, SecureBootState
 
-log = structlog.get_logger("efird.variables")
+log = get_logger("efird.variables")
 
 _HW_ERR_PREFIX = "HwErrRec"
 
