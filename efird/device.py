@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import time
 
-import structlog
 import trio
 
 from efird.domain import Domain
 from efird.envelope import Refusal, describe
+from efird.log import get_logger
 from efird.vhost.backend import FastLock
 from efird.vhost.memory import GuestMemory
 
-log = structlog.get_logger("efird.device")
+log = get_logger("efird.device")
 
 
 class EnvelopeDevice:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import structlog
-
 from efird.bootmem.handler import BootMemoryHandler, KexecHandler
 from efird.bootmem.service import BootMemoryService
 from efird.efi import guid as g
 from efird.efi.guid import guid_str
 from efird.efi.status import Status
 from efird.envelope import Dispatcher
+from efird.log import get_logger
 from efird.platform.handlers import RESET_NAMES, RESET_SHUTDOWN, ResetHandler, TimeHandler
 from efird.platform.time_service import TimeService
 from efird.store.base import VariableStore
@@ -25,7 +24,7 @@ from efird.variables.service import Options, VariableService
 from efird.variables.smm import STATUS_OFFSET, SmmVariableHandler
 
 Listener = Callable[[str, dict[str, object]], object]
-log = structlog.get_logger("efird.domain")
+log = get_logger("efird.domain")
 
 
 class Domain:

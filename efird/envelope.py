@@ -13,13 +13,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from efird.abi import layouts as L
 from efird.efi.guid import guid_str
 from efird.efi.status import Status
+from efird.log import get_logger
 
-log = structlog.get_logger("efird.envelope")
+log = get_logger("efird.envelope")
 
 HEADER = L.MM_COMMUNICATE_HEADER
 HEADER_SIZE = HEADER.size

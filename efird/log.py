@@ -71,3 +71,11 @@ class _LazyLogger:
 
 def get_logger(name: str) -> Any:
     return _LazyLogger(name)
+
+
+def bind_context(**context: Any) -> None:
+    """Bind context to every later log line (configuring structlog first if pending)."""
+    import structlog
+
+    _apply()
+    structlog.contextvars.bind_contextvars(**context)

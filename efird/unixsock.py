@@ -9,10 +9,11 @@ import socket
 import stat
 from pathlib import Path
 
-import structlog
 import trio
 
-log = structlog.get_logger("efird.unixsock")
+from efird.log import get_logger
+
+log = get_logger("efird.unixsock")
 
 
 class SocketInUseError(Exception):

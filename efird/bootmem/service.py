@@ -14,15 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import structlog
-
 from efird.core import pagetable
 from efird.core.memmap import MemoryMap
 from efird.core.memmap_ref import Attribute, MemoryType
 from efird.efi.status import Status
+from efird.log import get_logger
 from efird.variables.service import VariableService
 
-log = structlog.get_logger("efird.bootmem")
+log = get_logger("efird.bootmem")
 
 DEFAULT_CAPACITY = 4096  # descriptors; AllocatePages splits at most two per call
 # BuildPageTables flags (protocols/efird.h EFIRD_PT_*)

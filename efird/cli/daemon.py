@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-import structlog
 import trio
 
 from efird.cli.call import load_memory_map, make_domain
@@ -19,18 +18,19 @@ from efird.control import server as control_server
 from efird.control.domain_handler import DomainControl
 from efird.device import EnvelopeDevice
 from efird.domain import Domain
+from efird.log import bind_context, get_logger
 from efird.notify import sd_notify
 from efird.store.sqlite import SqliteStore
 from efird.unixsock import SocketInUseError
 from efird.vhost import server
 
-log = structlog.get_logger("efird.serve")
+log = get_logger("efird.serve")
 
 
 
 def run(args: argparse.Namespace) -> int:
     domain_name = args.domain or args.store.stem
-    structlog.contextvars.bind_contextvars(domain=domain_name)
+    bind_context(domain=domain_name)
     memory_map = load_memory_map(args.memmap)
     store = SqliteStore(args.store)
     domain = make_domain(store, args, memory_map)

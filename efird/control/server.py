@@ -18,14 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
 import trio
 
 from efird import unixsock
 from efird.control import protocol as p
 from efird.control.protocol import ControlError
+from efird.log import get_logger
 
-log = structlog.get_logger("efird.control")
+log = get_logger("efird.control")
 
 #: Events kept per subscriber before the oldest are dropped.
 DEFAULT_EVENT_BUFFER = 1024

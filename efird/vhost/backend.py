@@ -18,14 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import structlog
 import trio
 
+from efird.log import get_logger
 from efird.vhost import protocol as P
 from efird.vhost.memory import GuestMemory, GuestMemoryError, close_fds, map_region
 from efird.vhost.virtqueue import ChainError, Virtqueue
 
-log = structlog.get_logger("efird.vhost")
+log = get_logger("efird.vhost")
 
 OFFERED_FEATURES = (1 << P.VIRTIO_F_VERSION_1 | 1 << P.VIRTIO_RING_F_INDIRECT_DESC
                     | 1 << P.VIRTIO_RING_F_EVENT_IDX | 1 << P.VHOST_USER_F_PROTOCOL_FEATURES)

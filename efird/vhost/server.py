@@ -9,13 +9,13 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import structlog
 import trio
 
 from efird import unixsock
+from efird.log import get_logger
 from efird.vhost.backend import Connection, Device
 
-log = structlog.get_logger("efird.vhost")
+log = get_logger("efird.vhost")
 
 
 SocketInUseError = unixsock.SocketInUseError
