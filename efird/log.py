@@ -8,7 +8,6 @@ settings until structlog is imported, and library modules take their logger from
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -28,6 +27,8 @@ def _apply() -> None:
     settings, _pending = _pending, None
     if settings is None:
         return
+    import logging
+
     import structlog
 
     json = settings["json"]

@@ -17,10 +17,10 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from efird.control.client import ControlClient, ControlConnectionError
-from efird.control.protocol import ControlError
+if TYPE_CHECKING:  # imported when a ctl command runs: other commands start without them
+    from efird.control.client import ControlClient
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -102,6 +102,9 @@ class _Usage(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
+    from efird.control.client import ControlClient, ControlConnectionError
+    from efird.control.protocol import ControlError
+
     try:
         if args.control is None:
             raise _Usage("--control PATH is required (the daemon's control socket)")
@@ -232,6 +235,8 @@ def _events(client: ControlClient, args: argparse.Namespace) -> int:
     finally:
         stream.close()
     if args.count is not None:
+        from efird.control.client import ControlConnectionError
+
         raise ControlConnectionError(f"efird control socket {args.control}: the daemon "
                                      f"closed the event stream after {seen} of "
                                      f"{args.count} events")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from efird.abi import layouts as L
-
 # Every variable is charged what EDK2's authenticated variable header costs, so the
 # figures a guest sees match what it would see on EDK2 with the same quotas.
 VARIABLE_HEADER_SIZE = 60
@@ -28,6 +26,8 @@ class Limits:
         As EDK2 computes it: the largest variable without its header, plus the access
         structure in front of the name.
         """
+        from efird.abi import layouts as L  # construct: only the guest-facing paths need it
+
         largest = max(self.max_variable_size, self.max_auth_variable_size,
                       self.max_volatile_variable_size, self.max_hr_variable_size)
         return largest + L.SMM_VARIABLE_COMMUNICATE_ACCESS_VARIABLE.size - VARIABLE_HEADER_SIZE

@@ -103,8 +103,11 @@ class VariableService:
         self._all.clear()
         self._rt.clear()
         self._used = {"nv": 0, "hr": 0, "volatile": 0}
-        for v in self.store.load():
-            self._insert(v)
+        loaded = list(self.store.load())  # one row per key: a bulk build, sorted once
+        self._all.update((v.key, v) for v in loaded)
+        self._rt.update((v.key, v) for v in loaded if v.attributes & RT)
+        for v in loaded:
+            self._used[self._bucket(v)] += footprint(v.name_size, len(v.data))
         self.sb = SecureBootState.from_meta(
             {k: self.store.get_meta(k) for k in SecureBootState().meta()})
         for v in volatile:
