@@ -649,6 +649,7 @@ class _Vring:
         self.poller = select.poll()
         self.poller.register(self.call_fd, select.POLLIN)
         self.poller.register(self.err_fd, select.POLLIN)
+        self.hangup_fd: int | None = None
         self.reset(0)
 
     def reset(self, start_index: int) -> None:
@@ -1062,6 +1063,10 @@ class VhostUserFrontend:
         gpa = self.memory.alloc(size, align=4096, region=self.ring_region)
         layout = VringLayout.compute(queue_size, gpa, self.used_align)
         q = _Vring(index, layout, (gpa, size))
+        if self.sock is not None:
+            # a backend that dies closes the socket: waiting for a used buffer ends at once
+            q.poller.register(self.sock.fileno(), select.POLLRDHUP)
+            q.hangup_fd = self.sock.fileno()
         self._init_ring_memory(q, start_index)
         self._queues[index] = q
         return q
@@ -1463,6 +1468,13 @@ class VhostUserFrontend:
             if remaining > 0:
                 events = q.poller.poll(max(1, int(remaining * 1000 + 0.999)))
                 fired = {fd for fd, _ in events}
+                if q.hangup_fd is not None and q.hangup_fd in fired:
+                    if self.sock is not None and self.sock.fileno() == q.hangup_fd:
+                        raise VhostUserError(f"queue {q.index}: the backend closed the "
+                                             "connection while a request was in flight")
+                    q.poller.unregister(q.hangup_fd)  # a connection since replaced
+                    q.hangup_fd = None
+                    continue
                 if q.err_fd in fired:
                     _drain_eventfd(q.err_fd)
                     raise DeviceError(f"backend signalled the error eventfd of queue {q.index}")

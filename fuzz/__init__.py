@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing of efird with atheris (see fuzz/README.md)."""
