@@ -15,7 +15,7 @@ import trio
 
 from efird.domain import Domain
 from efird.envelope import Refusal, describe
-from efird.log import get_logger
+from efird.log import Throttle, get_logger
 from efird.vhost.backend import FastLock
 from efird.vhost.memory import GuestMemory
 
@@ -29,6 +29,7 @@ class EnvelopeDevice:
         self._limiter = trio.CapacityLimiter(1)
         self.requests = 0
         self.refused = 0
+        self._throttle = Throttle()
         self._debug = log.is_enabled_for(logging.DEBUG) if hasattr(log, "is_enabled_for") \
             else True
 
@@ -49,7 +50,10 @@ class EnvelopeDevice:
             response = self.domain.dispatcher.dispatch(request)
         except Refusal as refusal:
             self.refused += 1
-            log.info("request refused", status=refusal.status.name, reason=refusal.reason)
+            held = self._throttle.admit(refusal.status)
+            if held is not None:  # a hostile guest can send nothing but these
+                log.info("request refused", status=refusal.status.name, reason=refusal.reason,
+                         suppressed_since_last=held)
             return None
         if self._debug:
             log.debug("request", **describe(request, response),

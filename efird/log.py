@@ -80,3 +80,28 @@ def bind_context(**context: Any) -> None:
 
     _apply()
     structlog.contextvars.bind_contextvars(**context)
+
+
+class Throttle:
+    """At most one log line per key and window, so a hostile guest cannot flood the log:
+    `admit(key)` says whether to log now and, when it does, how many lines of that key
+    were held back since the last one."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        self.window = window
+        self._last: dict[object, float] = {}
+        self._held: dict[object, int] = {}
+
+    def admit(self, key: object) -> int | None:
+        """None: stay quiet. An int: log now, mentioning that many held-back lines."""
+        import time
+
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.window:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        if len(self._last) > 1024:  # keys come from a bounded set; never grow without end
+            self._last.clear()
+        self._last[key] = now
+        return self._held.pop(key, 0)

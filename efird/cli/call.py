@@ -48,9 +48,36 @@ def add_domain_arguments(p: argparse.ArgumentParser) -> None:
                         "'START SIZE KIND' (KIND: E820 number or ram, reserved, acpi, nvs, "
                         "mmio, runtime-code, ...); without it the guest must send "
                         "InitMemoryMap")
+    p.add_argument("--nv-write-rate", type=_non_negative_float, default=100.0, metavar="N",
+                   help="durable variable writes a guest may make per second, sustained "
+                        "(default 100; 0 = no limit); a write beyond the rate and the burst "
+                        "gets EFI_OUT_OF_RESOURCES at once")
+    p.add_argument("--nv-write-burst", type=_positive_int, default=1000, metavar="N",
+                   help="durable writes a guest may make in a burst above the rate "
+                        "(default 1000)")
     p.add_argument("--require-self-signed-pk", action="store_true",
                    help="in setup mode, accept only a PK that signed itself "
                         "(EDK2 PcdRequireSelfSignedPk; default off, as OVMF ships)")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def load_memory_map(path: Path | None) -> list[tuple[int, int, int]] | None:
@@ -68,10 +95,12 @@ def load_memory_map(path: Path | None) -> list[tuple[int, int, int]] | None:
 def make_domain(store: SqliteStore, args: argparse.Namespace,
                 memory_map: list[tuple[int, int, int]] | None) -> Domain:
     from efird.domain import Domain
+    from efird.variables.limits import Limits
     from efird.variables.service import Options
 
+    limits = Limits(nv_write_rate=args.nv_write_rate, nv_write_burst=args.nv_write_burst)
     try:
-        return Domain(store, memory_map=memory_map,
+        return Domain(store, memory_map=memory_map, limits=limits,
                       options=Options(require_self_signed_pk=args.require_self_signed_pk))
     except ValueError as exc:
         store.close()

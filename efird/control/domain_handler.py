@@ -59,6 +59,7 @@ class DomainControl:
             "refused": self.device.refused,
             "set_variable_failures": v.counters.set_failures,
             "store_errors": v.counters.store_errors,
+            "rate_limited": v.counters.rate_limited,
         }
 
     async def save_state(self) -> bytes:

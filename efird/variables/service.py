@@ -30,10 +30,10 @@ from efird.efi.attributes import (
 )
 from efird.efi.status import EfiError, Status
 from efird.efi.time import EfiTime
-from efird.log import get_logger
+from efird.log import Throttle, get_logger
 from efird.store.base import StoreError, StoreFullError, VariableStore
 from efird.variables import authvars, secureboot
-from efird.variables.limits import VARIABLE_HEADER_SIZE, Limits, footprint
+from efird.variables.limits import VARIABLE_HEADER_SIZE, Limits, WriteBudget, footprint
 from efird.variables.model import Key, Variable
 from efird.variables.policy import VariablePolicy
 from efird.variables.secureboot import Mode, SecureBootState
@@ -58,6 +58,7 @@ class Counters:
     sets: int = 0
     set_failures: int = 0
     store_errors: int = 0
+    rate_limited: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
 
 
@@ -88,6 +89,8 @@ class VariableService:
         self.phase = Phase()
         self.policy = VariablePolicy()
         self.counters = Counters()
+        self.nv_writes = WriteBudget(self.limits.nv_write_rate, self.limits.nv_write_burst)
+        self._throttle = Throttle()
         # told about every SECURITY_VIOLATION (the daemon turns it into a toolstack event)
         self.on_security_violation: Callable[[bytes, str], None] | None = None
         self._all: SortedDict = SortedDict()  # Key -> Variable, every variable
@@ -250,6 +253,12 @@ class VariableService:
         max_size = max(0, min(max_size, remaining) - VARIABLE_HEADER_SIZE)
         return Status.SUCCESS, total, remaining, max_size
 
+    def _log_throttled(self, level: str, event: str, **data: object) -> None:
+        """Once per window and kind (a guest can make every write fail)."""
+        held = self._throttle.admit(event)
+        if held is not None:
+            getattr(log, level)(event, suppressed_since_last=held, **data)
+
     # ------------------------------------------------------------- SetVariable ---
     def set_variable(self, guid: bytes, name: str, attributes: int, data: bytes,
                      *, operator: bool = False) -> Status:
@@ -267,13 +276,17 @@ class VariableService:
             status = exc.status
             log.debug("set_variable refused", name=name, guid=g.guid_str(guid),
                       status=status.name, reason=exc.reason)
+            if exc.status is Status.OUT_OF_RESOURCES and exc.reason.endswith("rate limit"):
+                self._log_throttled("warning", "non-volatile write rate limit reached",
+                                    rate=self.limits.nv_write_rate,
+                                    burst=self.limits.nv_write_burst)
         except StoreFullError as exc:
             self.counters.store_errors += 1
-            log.error("store full", error=str(exc))
+            self._log_throttled("error", "store full", error=str(exc))
             status = Status.OUT_OF_RESOURCES
         except StoreError as exc:
             self.counters.store_errors += 1
-            log.error("store write failed", error=str(exc))
+            self._log_throttled("error", "store write failed", error=str(exc))
             status = Status.DEVICE_ERROR
         if status is Status.SECURITY_VIOLATION and self.on_security_violation is not None:
             self.on_security_violation(guid, name)
@@ -421,13 +434,21 @@ class VariableService:
         if used > total:
             raise EfiError(Status.OUT_OF_RESOURCES, f"{bucket} storage quota exhausted")
 
+    def _spend_write(self) -> None:
+        """One durable write from the domain's budget (Limits.nv_write_rate)."""
+        if not self.nv_writes.take():
+            self.counters.rate_limited += 1
+            raise EfiError(Status.OUT_OF_RESOURCES, "non-volatile write rate limit")
+
     def _commit_put(self, v: Variable, meta: dict[str, bytes] | None) -> None:
         if v.attributes & NV or meta:
+            self._spend_write()
             self.store.commit(puts=[v] if v.attributes & NV else [], meta=meta)
         self._insert(v)
 
     def _commit_delete(self, v: Variable, meta: dict[str, bytes] | None) -> None:
         if v.attributes & NV or meta:
+            self._spend_write()
             self.store.commit(deletes=[v.key] if v.attributes & NV else [], meta=meta)
         self._remove(v.key)
 
@@ -539,6 +560,7 @@ class VariableService:
             if secureboot.PK in self._all:
                 # User -> Audit: the PK is cleared.
                 deletes.append(secureboot.PK)
+            self._spend_write()
             self.store.commit(deletes=deletes, meta=meta)
             for k in deletes:
                 self._remove(k)
@@ -550,6 +572,7 @@ class VariableService:
                 return
             meta = dict(self.sb.meta())
             meta[secureboot.META_DEPLOYED] = bytes([value])
+            self._spend_write()
             self.store.commit(meta=meta)
             self.sb.deployed = value
         self._refresh_firmware_variables()

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import trio
 
-from efird.log import get_logger
+from efird.log import Throttle, get_logger
 from efird.vhost import protocol as P
 from efird.vhost.memory import GuestMemory, GuestMemoryError, close_fds, map_region
 from efird.vhost.virtqueue import ChainError, Virtqueue
@@ -125,6 +125,7 @@ class Connection:
         self.ring_lock = FastLock()  # held by a worker per chain, and by state changes
         device.attach_memory(self.memory)
         self.log = log.bind(peer="frontend")
+        self._throttle = Throttle()
         self._handlers: dict[int, Callable[[bytes, list[int]], Awaitable[bytes | None]]] = {
             P.Request.GET_FEATURES: self._get_features,
             P.Request.SET_FEATURES: self._set_features,
@@ -206,7 +207,10 @@ class Connection:
             reply = await handler(payload, fds)
         except (Refused, GuestMemoryError, ChainError) as exc:
             close_fds(fds)
-            self.log.warning("request refused", request=name, reason=str(exc))
+            held = self._throttle.admit(("refused", name))
+            if held is not None:
+                self.log.warning("request refused", request=name, reason=str(exc),
+                                 suppressed_since_last=held)
             reply, ok = None, False
         if reply is not None:
             await self._send(request, reply)
@@ -519,7 +523,10 @@ class Connection:
             if head >= vq.num:
                 raise ChainError(f"head {head} out of range") from exc
             q.stats["bad_chains"] += 1
-            self.log.warning("bad descriptor chain", queue=vq.index, head=head, reason=str(exc))
+            held = self._throttle.admit(("bad chain", vq.index))
+            if held is not None:
+                self.log.warning("bad descriptor chain", queue=vq.index, head=head,
+                                 reason=str(exc), suppressed_since_last=held)
             vq.push_used(head, 0)
             return
         q.stats["requests"] += 1

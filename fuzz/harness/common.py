@@ -60,6 +60,20 @@ class Reader:
         return self.take(self.left())
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def open_fds() -> set[int]:
+    """The process's open fds (the listing's own directory fd is closed by the time it is
+    checked, so it is left out)."""
+    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if _is_open(fd)}
+
+
 _scratch: Path | None = None
 
 
