@@ -109,3 +109,51 @@ def test_varstored_toctou_request_is_parsed_from_one_copy(guest: Guest) -> None:
     routes[g.SMM_VARIABLE_PROTOCOL] = real
     assert c.return_status(bytes(response)) is S.SUCCESS
     assert guest.get("Raced").data == b"ok"
+
+
+def test_qemu_append_keeps_every_signature_type() -> None:
+    """QEMU 10 uefi-vars keeps only X.509 and SHA-256 lists through an append: covered in
+    full, with signed writes, by test_secure_boot.py::
+    test_append_deduplicates_every_signature_type; here the merge rule on its own."""
+    from efird.efi import siglist
+
+    owner = g.guid_bytes("77fa9abd-0359-4d32-bd60-28f4e78f784b")
+    old = siglist.build(g.EFI_CERT_SHA1, owner, [b"\x01" * 20])
+    new = (siglist.build(g.EFI_CERT_SHA384, owner, [b"\x02" * 48])
+           + siglist.build(g.EFI_CERT_SHA512, owner, [b"\x03" * 64])
+           + siglist.build(g.EFI_CERT_X509_SHA256, owner, [b"\x04" * 48])
+           + siglist.build(g.EFI_CERT_SHA1, owner, [b"\x01" * 20]))  # already there
+    merged = siglist.parse(old + siglist.filter_append(old, new))
+    assert [sl.sig_type for sl in merged] == [g.EFI_CERT_SHA1, g.EFI_CERT_SHA384,
+                                              g.EFI_CERT_SHA512, g.EFI_CERT_X509_SHA256]
+
+
+def test_varstored_certificates_can_be_provisioned_after_first_boot(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """varstored provisions Secure Boot certificates only on a domain's first boot; efird
+    enrolls them whenever the operator wants, on a store a guest has already used."""
+    from . import sbkeys
+    from .cli import efird_vars
+    from .conftest import open_domain
+
+    store = tmp_path / "vm.efivars"
+    domain = open_domain(store)
+    Guest(domain).set("BootedOnce", b"\x01")
+    domain.close()
+    pk = sbkeys.make_keypair(sbkeys.session_dir(tmp_path_factory), "late-pk", "late pk")
+    result = efird_vars(store, "enroll", "--pk", str(pk.cert_pem_path))
+    assert result.returncode == 0, result.stderr
+    domain = open_domain(store)
+    assert Guest(domain).get("SecureBoot", g.EFI_GLOBAL_VARIABLE).data == b"\x01"
+    assert Guest(domain).get("BootedOnce").data == b"\x01"
+    domain.close()
+
+
+def test_varstored_has_no_time_reset_or_boot_services(guest: Guest) -> None:
+    """varstored serves variables only; efird answers GetTime and GetMemoryMap (NOT_READY
+    until the guest's memory map is known) with clean EFI statuses. (Reset: test_platform.)"""
+    from .test_platform import get_time
+
+    assert get_time(guest)[0].year >= 2025
+    status = c.parse_get_memory_map(guest.raw(c.get_memory_map(4096)))[0]
+    assert status in (S.SUCCESS, S.NOT_READY, S.BUFFER_TOO_SMALL)

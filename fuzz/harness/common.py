@@ -11,6 +11,7 @@ import atexit
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from collections import deque
 from pathlib import Path
@@ -72,6 +73,29 @@ def open_fds() -> set[int]:
     """The process's open fds (the listing's own directory fd is closed by the time it is
     checked, so it is left out)."""
     return {fd for fd in map(int, os.listdir("/proc/self/fd")) if _is_open(fd)}
+
+
+class KnownIssues:
+    """Bugs already found and reported to the owner of the file they are in: while
+    FUZZ_STRICT is not 1, an input hitting one is counted instead of being a crash, so a
+    run goes on to find other bugs. The counts are printed at exit, for fuzz/run.py."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.strict = os.environ.get("FUZZ_STRICT") == "1"
+        self.counts: dict[str, int] = {}
+        atexit.register(self.report)
+
+    def allow(self, name: str) -> bool:
+        """True (and counted) unless strict: the caller then swallows the failure."""
+        if self.strict:
+            return False
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return True
+
+    def report(self) -> None:
+        for name, count in sorted(self.counts.items()):
+            print(f"KNOWN-ISSUE {self.target} {name} {count}", file=sys.stderr, flush=True)
 
 
 _scratch: Path | None = None
