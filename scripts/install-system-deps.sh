@@ -6,7 +6,7 @@
 # so no mirror is ever hard-coded here.
 set -euo pipefail
 
-PACKAGES_MAIN=(ovmf efitools openssl python3-venv python3-dev gcc make sqlite3)
+PACKAGES_MAIN=(ovmf efitools openssl python3-venv python3-dev gcc make sqlite3 libseccomp2)
 PACKAGES_BPO=(qemu-system-x86 qemu-utils)
 STAMP=/var/lib/efird-system-deps.v1
 

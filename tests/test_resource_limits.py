@@ -67,11 +67,16 @@ def test_the_service_refuses_writes_beyond_the_budget_and_changes_nothing(
     assert v.set_variable(VENDOR, "Bad", 4, b"x") is Status.INVALID_PARAMETER
     assert v.set_variable(VENDOR, "Vol", 6, b"x") is Status.SUCCESS  # BS|RT
     assert v.counters.rate_limited == 2
+    # the host's writes (efird vars) follow the guest's rules but not its budget
+    from efird.variables.admin import StoreAdmin
+
+    assert StoreAdmin(v).set_variable(VENDOR, "Host", 7, b"h") is Status.SUCCESS
+    assert v.set_variable(VENDOR, "A3", 7, b"x") is Status.OUT_OF_RESOURCES
     clock.now += 1.0
     assert v.set_variable(VENDOR, "A3", 7, b"x") is Status.SUCCESS
     domain.close()
     reopened = SqliteStore(tmp_path / "vm.efivars")
-    assert sorted(x.name for x in reopened.load()) == ["A0", "A1", "A2", "A3"]
+    assert sorted(x.name for x in reopened.load()) == ["A0", "A1", "A2", "A3", "Host"]
     reopened.close()
 
 
@@ -176,8 +181,10 @@ def test_storms_against_a_big_store_stay_bounded_and_leave_other_domains_alone(
         for t in threads:
             t.start()
         try:
+            started = time.monotonic()
             time.sleep(0.5)
             loaded = latencies(300)
+            time.sleep(max(0.0, 2.0 - (time.monotonic() - started)))  # a storm of 2 s or more
         finally:
             stop.set()
             for t in threads:
@@ -186,7 +193,7 @@ def test_storms_against_a_big_store_stay_bounded_and_leave_other_domains_alone(
     print(f"storm: {counts}, hostile RSS {rss_before} -> {rss_after} KiB, neighbour median "
           f"{statistics.median(baseline) * 1e6:.0f} us idle, "
           f"{statistics.median(loaded) * 1e6:.0f} us under the storm")
-    assert counts["writes"] > 100 and counts["enumerated"] > 100
+    assert counts["writes"] > 20 and counts["enumerated"] > 200
     # memory: bounded by the store quota (1 MiB of variables), not by the storm's length
     assert rss_after - rss_before < 16 * 1024, (rss_before, rss_after)
     # the neighbour keeps answering: every probe answered, and its median stays within a

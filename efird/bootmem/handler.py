@@ -10,6 +10,7 @@ from efird.abi import layouts as L
 from efird.abi.layouts import BootMemFunction as F
 from efird.abi.layouts import KexecFunction as K
 from efird.bootmem.service import BootMemoryService
+from efird.core.memmap_ref import MAX_DESCRIPTOR_SIZE
 from efird.efi.status import Status
 from efird.envelope import FunctionHandler
 
@@ -163,7 +164,9 @@ class KexecHandler(FunctionHandler):
             return Status.BAD_BUFFER_SIZE
         size, desc_size, _version, _reserved = _RMAP.struct.unpack_from(buf, p)
         desc_size = desc_size or 48
-        if desc_size < 40 or desc_size % 8:
+        # as GetMemoryMap: a multiple of 8 from 40 to 4096 (a guest-chosen size is padding
+        # efird allocates per descriptor)
+        if desc_size < 40 or desc_size % 8 or desc_size > MAX_DESCRIPTOR_SIZE:
             return Status.INVALID_PARAMETER
         if not self.service.has_map:
             return Status.NOT_READY

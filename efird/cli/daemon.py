@@ -9,10 +9,12 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import trio
 
-from efird.cli.call import load_memory_map, make_domain
+from efird import sandbox
+from efird.cli.call import UsageError, load_memory_map, make_domain
 from efird.cli.serve import EXIT_RESET, EXIT_SHUTDOWN
 from efird.control import server as control_server
 from efird.control.domain_handler import DomainControl
@@ -31,12 +33,13 @@ log = get_logger("efird.serve")
 def run(args: argparse.Namespace) -> int:
     domain_name = args.domain or args.store.stem
     bind_context(domain=domain_name)
+    identity = _check_sandbox_flags(args)  # before anything is created
     memory_map = load_memory_map(args.memmap)
     store = SqliteStore(args.store)
     domain = make_domain(store, args, memory_map)
     outcome: dict[str, int] = {}
     try:
-        trio.run(_serve, args, domain, outcome)
+        trio.run(_serve, args, domain, outcome, identity)
     except (SocketInUseError, ConnectionError, OSError) as exc:
         log.error("cannot serve", error=str(exc))
         print(f"efird serve: {exc}", file=sys.stderr)
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     return outcome.get("status", 0)
 
 
-async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, int]) -> None:
+async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, int],
+                 identity: sandbox.Identity | None = None) -> None:
     device = EnvelopeDevice(domain)
     once = (args.on_disconnect or ("exit" if args.connect else "wait")) == "exit"
     async with trio.open_nursery() as nursery:
@@ -66,27 +70,73 @@ async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, in
                                         bus=bus))
             domain.store.advertise(str(args.control))
         if args.connect:
-            _ready(args, "connecting")
-            await server.serve_connecting(args.socket, device, queues=args.queues, once=once)
+            if _ready(args, "connecting", domain, identity, outcome):
+                await server.serve_connecting(args.socket, device, queues=args.queues,
+                                              once=once)
         else:
             listener = await server.listen(args.socket, mode=args.socket_mode)
             try:
-                _ready(args, "listening")
-                await server.serve_listening(listener, device, queues=args.queues, once=once)
+                if _ready(args, "listening", domain, identity, outcome):
+                    await server.serve_listening(listener, device, queues=args.queues,
+                                                 once=once)
             finally:
                 listener.close()
                 args.socket.unlink(missing_ok=True)
         nursery.cancel_scope.cancel()
 
 
-def _ready(args: argparse.Namespace, mode: str) -> None:
+def _check_sandbox_flags(args: argparse.Namespace) -> sandbox.Identity | None:
+    """--user/--group/--no-sandbox, checked before the store and the sockets exist."""
+    try:
+        identity = sandbox.resolve_identity(args.user, args.group)
+        if identity is not None:
+            sandbox.check_removable(identity, _removed_at_exit(args))
+        if args.sandbox:
+            sandbox.load_libseccomp()
+    except sandbox.SandboxError as exc:
+        raise UsageError(str(exc)) from None
+    return identity
+
+
+def _removed_at_exit(args: argparse.Namespace) -> list[Path]:
+    """What the daemon creates at start-up and removes at exit: its listening sockets
+    and the pidfile (with --connect the vhost-user socket is the VMM's)."""
+    paths = [] if args.connect else [args.socket]
+    return paths + [p for p in (args.control, args.pidfile) if p is not None]
+
+
+def _lock_down(args: argparse.Namespace, domain: Domain,
+               identity: sandbox.Identity | None) -> None:
+    """Start-up is done: import what the serving path imports lazily, leave SQLite nothing
+    to open, then drop to --user/--group, set no_new_privs and install the seccomp filter
+    (see efird/sandbox.py). From here on the daemon opens no file and executes nothing."""
+    sandbox.preload()
+    if isinstance(domain.store, SqliteStore):
+        sandbox.prepare_sqlite(domain.store.db, domain.store.path.parent)
+    sandbox.lock_down(identity=identity, seccomp=args.sandbox,
+                      hand_over_paths=_removed_at_exit(args), connect=args.connect,
+                      notify=bool(os.environ.get("NOTIFY_SOCKET")))
+
+
+def _ready(args: argparse.Namespace, mode: str, domain: Domain,
+           identity: sandbox.Identity | None, outcome: dict[str, int]) -> bool:
+    """Write the pidfile, lock down, announce readiness; False (exit 1) if the lock-down
+    failed: the daemon does not serve unconfined."""
     if args.pidfile is not None:
         tmp = args.pidfile.with_name(args.pidfile.name + ".tmp")
         tmp.write_text(f"{os.getpid()}\n")
         tmp.rename(args.pidfile)  # readers never see a half-written pidfile
+    try:
+        _lock_down(args, domain, identity)
+    except (sandbox.SandboxError, OSError) as exc:
+        log.error("cannot deprivilege", error=str(exc))
+        print(f"efird serve: {exc}", file=sys.stderr)
+        outcome["status"] = 1
+        return False
     log.info("ready", socket=str(args.socket), store=str(args.store), mode=mode,
              pid=os.getpid())
     sd_notify(f"READY=1\nSTATUS=serving {args.socket}\nMAINPID={os.getpid()}")
+    return True
 
 
 async def _alarm_clock(domain: Domain, period: float = 1.0) -> None:

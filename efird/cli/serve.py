@@ -21,6 +21,12 @@ one-queue vhost-user device carries the queue).
 examples:
   efird serve --socket /run/efird/vm1.sock --store /var/lib/efird/vm1.efivars --domain vm1
   efird serve --socket /run/qemu/vm1-efird.sock --store vm1.efivars --connect
+  efird serve --socket /run/efird/vm1/vm1.sock --store /var/lib/efird/vm1.efivars \\
+      --control /run/efird/vm1/vm1.ctl --user efird --group kvm --socket-mode 660
+
+Once ready, the daemon runs without privileges: --user/--group (from root), no_new_privs
+and a seccomp allow-list under which it can open no file and execute nothing
+(--no-sandbox leaves the allow-list out); see SECURITY.md.
 """
 
 
@@ -58,6 +64,17 @@ def add_parser(sub: Any) -> None:
                    help="exit when the guest calls ResetSystem, after making the store "
                         "durable: status 10 for a cold, warm or platform-specific reset, "
                         "11 for a shutdown (default: reset the domain's services and go on)")
+    p.add_argument("--user", metavar="USER",
+                   help="once the store, the sockets and the pidfile are open, switch to this "
+                        "user (name or uid) for good; needs root. The directories of the "
+                        "sockets and the pidfile must be writable by it (they are removed at "
+                        "exit); see SECURITY.md")
+    p.add_argument("--group", metavar="GROUP",
+                   help="with --user: the group (name or gid) to switch to (default: the "
+                        "user's primary group); supplementary groups are dropped")
+    p.add_argument("--no-sandbox", dest="sandbox", action="store_false",
+                   help="do not install the seccomp allow-list (for debugging: strace, a "
+                        "profiler); no_new_privs and --user/--group still apply")
     add_domain_arguments(p)
     p.set_defaults(run=run)
 

@@ -53,6 +53,11 @@ _PLAIN_HASHES = {
 _X509_HASHES = {guid.EFI_CERT_X509_SHA256, guid.EFI_CERT_X509_SHA384, guid.EFI_CERT_X509_SHA512}
 
 
+# What loading an X.509 entry (and reading its fields) raises for a bad certificate: a
+# version other than v1/v3 is cryptography's InvalidVersion, which is no ValueError.
+_CERTIFICATE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
+
+
 class SignatureListError(ValueError):
     """A database that SetVariable must refuse with EFI_INVALID_PARAMETER."""
 
@@ -155,7 +160,7 @@ def _check_certificate(der: bytes) -> None:
     """EDK2 loads the public key of every X509 entry; only RSA and EC keys are usable."""
     try:
         key = x509.load_der_x509_certificate(der).public_key()
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+    except _CERTIFICATE_ERRORS as exc:
         raise SignatureListError(f"X509 entry is not a usable DER certificate: {exc}") from None
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise SignatureListError(f"X509 entry has an unsupported key type {type(key).__name__}")
@@ -232,7 +237,7 @@ def _describe_certificate(der: bytes) -> dict[str, Any]:
         cert = x509.load_der_x509_certificate(der)
         info.update(subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
                     serial=format(cert.serial_number, "x"))
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+    except _CERTIFICATE_ERRORS as exc:
         info["error"] = f"unparseable certificate: {exc}"
     return info
 

@@ -14,9 +14,11 @@ def encode_name(name: str) -> bytes:
 
 def decode_units(raw: bytes) -> str:
     """CHAR16 units to a str with one character per unit (surrogates kept apart), so that
-    any name a guest can write round-trips exactly through encode_name."""
+    any name a guest can write round-trips exactly through encode_name. A trailing odd
+    byte is not a unit and is ignored."""
+    raw = raw[: len(raw) - len(raw) % 2]
     text = raw.decode("utf-16-le", errors="surrogatepass")
-    if len(text) * 2 != len(raw) - len(raw) % 2:
+    if len(text) * 2 != len(raw):
         # a surrogate pair was joined into one character: split it back into its units
         text = "".join(chr(int.from_bytes(raw[i : i + 2], "little"))
                        for i in range(0, len(raw) - 1, 2))

@@ -50,7 +50,7 @@ class StoreAdmin:
             self.service.sb.require_self_signed_pk
 
     def set_variable(self, guid: bytes, name: str, attributes: int, data: bytes) -> Status:
-        return self.service.set_variable(guid, name, attributes, data)
+        return self.service.set_variable(guid, name, attributes, data, from_host=True)
 
     def import_variables(self, variables: Sequence[Variable], replace: bool) -> ImportResult:
         """Put these variables as they are (one atomic batch); with replace, delete every

@@ -91,6 +91,7 @@ class VariableService:
         self.counters = Counters()
         self.nv_writes = WriteBudget(self.limits.nv_write_rate, self.limits.nv_write_burst)
         self._throttle = Throttle()
+        self._from_host = False  # set for the duration of a host-made set_variable
         # told about every SECURITY_VIOLATION (the daemon turns it into a toolstack event)
         self.on_security_violation: Callable[[bytes, str], None] | None = None
         self._all: SortedDict = SortedDict()  # Key -> Variable, every variable
@@ -261,14 +262,17 @@ class VariableService:
 
     # ------------------------------------------------------------- SetVariable ---
     def set_variable(self, guid: bytes, name: str, attributes: int, data: bytes,
-                     *, operator: bool = False) -> Status:
+                     *, operator: bool = False, from_host: bool = False) -> Status:
         """Apply one SetVariable. Never raises for anything a caller can send.
 
         `operator` marks a write from the host's management CLI: it passes the same
         checks, except that it may change firmware-owned Secure Boot state the way a
-        platform's physical-presence path can (see efird vars).
+        platform's physical-presence path can (see efird vars). `from_host` marks any
+        write the host makes (efird vars): the guest's rules apply, its write budget
+        (Limits.nv_write_rate) does not.
         """
         self.counters.sets += 1
+        self._from_host = from_host
         try:
             self._set(guid, name, attributes, bytes(data), operator)
             status = Status.SUCCESS
@@ -290,6 +294,7 @@ class VariableService:
             status = Status.DEVICE_ERROR
         if status is Status.SECURITY_VIOLATION and self.on_security_violation is not None:
             self.on_security_violation(guid, name)
+        self._from_host = False
         if status is not Status.SUCCESS:
             self.counters.set_failures += 1
             self.counters.by_status[status.name] = self.counters.by_status.get(status.name, 0) + 1
@@ -435,8 +440,8 @@ class VariableService:
             raise EfiError(Status.OUT_OF_RESOURCES, f"{bucket} storage quota exhausted")
 
     def _spend_write(self) -> None:
-        """One durable write from the domain's budget (Limits.nv_write_rate)."""
-        if not self.nv_writes.take():
+        """One durable write from the guest's budget (Limits.nv_write_rate)."""
+        if not self._from_host and not self.nv_writes.take():
             self.counters.rate_limited += 1
             raise EfiError(Status.OUT_OF_RESOURCES, "non-volatile write rate limit")
 
