@@ -18,13 +18,15 @@ from efird.envelope import Refusal, describe
 from efird.log import Throttle, get_logger
 from efird.vhost.backend import FastLock
 from efird.vhost.memory import GuestMemory
+from efird.vhost.virtqueue import DEFAULT_MAX_REQUEST
 
 log = get_logger("efird.device")
 
 
 class EnvelopeDevice:
-    def __init__(self, domain: Domain) -> None:
+    def __init__(self, domain: Domain, max_request: int = DEFAULT_MAX_REQUEST) -> None:
         self.domain = domain
+        self.max_request = max_request
         self.lock = FastLock()
         self._limiter = trio.CapacityLimiter(1)
         self.requests = 0

@@ -200,3 +200,18 @@ def test_storms_against_a_big_store_stay_bounded_and_leave_other_domains_alone(
     # few times the idle one on a 2-core machine where the storm takes a core
     assert statistics.median(loaded) < max(20 * statistics.median(baseline), 0.02), \
         (statistics.median(baseline), statistics.median(loaded))
+
+
+def test_requests_longer_than_the_limit_complete_empty(work: Path) -> None:
+    with EfirdDaemon(work / "vm.sock", work / "vm.efivars", "--max-request-size", "4096",
+                     log_level="info") as daemon, attach(daemon) as front:
+        big = c.set_variable(VENDOR, "Big", 7, bytes(5000))
+        assert front.request(0, big, len(big)) == b""  # refused unread: used.len 0
+        small = c.set_variable(VENDOR, "Small", 7, bytes(1000))
+        assert c.return_status(call(front, small)) is Status.SUCCESS
+        assert len(daemon.events("bad descriptor chain")) == 1
+    bad = EfirdDaemon(work / "x.sock", work / "x.efivars", "--max-request-size", "100")
+    import subprocess
+
+    result = subprocess.run(bad.argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--max-request-size" in result.stderr

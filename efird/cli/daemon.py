@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, int],
                  identity: sandbox.Identity | None = None) -> None:
-    device = EnvelopeDevice(domain)
+    device = EnvelopeDevice(domain, max_request=args.max_request_size)
     once = (args.on_disconnect or ("exit" if args.connect else "wait")) == "exit"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, device, nursery.cancel_scope)

@@ -49,7 +49,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--connect", action="store_true",
                    help="be the client: connect to a frontend listening on --socket")
     p.add_argument("--queues", type=_queue_count, default=4, metavar="N",
-                   help="virtqueues offered to the frontend (default 4)")
+                   help="virtqueues offered to the frontend (default 4); the device serves "
+                        "one request at a time across all of them")
+    p.add_argument("--max-request-size", type=_request_size, default=1 << 20, metavar="BYTES",
+                   help="the longest request a guest may send, in bytes (default 1048576, "
+                        "4096..16777216); a longer descriptor chain is completed empty, "
+                        "unread")
     p.add_argument("--on-disconnect", choices=["wait", "exit"], default=None,
                    help="when the VMM goes away: wait for the next connection, or exit 0 "
                         "(default: wait when listening, exit with --connect)")
@@ -83,6 +88,16 @@ def _queue_count(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 64:
         raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
+
+
+def _request_size(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 4096 <= value <= 16 << 20:
+        raise argparse.ArgumentTypeError("must be between 4096 and 16777216")
     return value
 
 def run(args: argparse.Namespace) -> int:

@@ -76,6 +76,10 @@ class FastLock:
 class Device(Protocol):
     """What the backend needs from a device: an answer for each request."""
 
+    #: the longest request (a chain's readable bytes) the device takes; longer chains are
+    #: completed empty without being read
+    max_request: int
+
     async def handle(self, request: bytes) -> bytes | None:
         """The response to write into the chain, or None to refuse it (used.len 0)."""
 
@@ -118,7 +122,8 @@ class Connection:
         self.device = device
         self.nursery = nursery
         self.memory = GuestMemory()
-        self.queues = [Queue(Virtqueue(i, self.memory)) for i in range(queues)]
+        self.queues = [Queue(Virtqueue(i, self.memory, device.max_request))
+                       for i in range(queues)]
         self.features = 0
         self.protocol_features = 0
         self.status = 0

@@ -25,6 +25,7 @@ F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
 AVAIL_F_NO_INTERRUPT = 1
 MAX_QUEUE_SIZE = 32768
 MAX_INDIRECT = 1024
+DEFAULT_MAX_REQUEST = 1 << 20  # bytes a request chain may carry (efird serve --max-request-size)
 
 
 class ChainError(Exception):
@@ -52,7 +53,8 @@ def need_event(event: int, new: int, old: int) -> bool:
 
 
 class Virtqueue:
-    def __init__(self, index: int, memory: GuestMemory) -> None:
+    def __init__(self, index: int, memory: GuestMemory, max_request: int = DEFAULT_MAX_REQUEST
+                 ) -> None:
         self.index = index
         self.memory = memory
         self.num = 0
@@ -63,7 +65,7 @@ class Virtqueue:
         self.signalled_used: int | None = None
         self.event_idx = False
         self.indirect = False
-        self.max_request = 1 << 20
+        self.max_request = max_request
         self._generation = -1
         self._desc: memoryview | None = None
         self._avail: memoryview | None = None
