@@ -166,3 +166,16 @@ def test_kill_9_never_loses_an_acknowledged_write(tmp_path: Path, round_: int) -
             found[f"V{acked % 50}"][:8]) > acked
         s.close()
         start = last + 1
+
+
+def test_a_new_store_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        s = SqliteStore(tmp_path / "vm.efivars")
+        s.commit(puts=[Variable(b"\x01" * 16, "V", 7, b"x")])
+        s.close()
+    finally:
+        os.umask(old)
+    for path in tmp_path.iterdir():
+        if path.name.startswith("vm.efivars") and path.is_file():
+            assert path.stat().st_mode & 0o077 == 0, path

@@ -183,6 +183,10 @@ class SqliteStore(VariableStore):
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(str(tmp) + suffix).unlink(missing_ok=True)
         try:
+            # Secure Boot keys and boot entries are the domain's own: owner-only, whatever
+            # the umask (SQLite gives the -wal file the mode of the database file).
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            os.chmod(tmp, 0o600)
             db = sqlite3.connect(tmp, isolation_level=None)
             try:
                 db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
