@@ -59,44 +59,13 @@ def test_sigkill_during_a_setvariable_storm(tmp_path: Path) -> None:
     store_path = tmp_path / "vm.efivars"
     acked: dict[str, int] = {}  # name -> newest acknowledged sequence number
     seq = 0
-    kills = 0
     for iteration in range(ITERATIONS):
         daemon = EfirdDaemon(tmp_path / "vm.sock", store_path, log_level="info").start()
         try:
-            front = VhostUserFrontend(timeout=10.0)
-            front.connect(daemon.socket)
-            front.handshake()
-            # the restarted daemon enumerates exactly what the store holds, once each
-            listed = enumerate_all(front)
-            assert len(listed) == len(set(listed))
-            ours = {n for gd, n in listed if gd == VENDOR}
-            assert ours == set(acked) | ours and ours <= {f"S{i}" for i in range(NAMES)}
-            for name, last in acked.items():
-                req = c.get_variable(VENDOR, name, 8 * 100)
-                result = c.parse_get_variable(front.request(0, req, len(req)))
-                assert result.status is Status.SUCCESS, (iteration, name)
-                assert check(name, result.data) >= last, f"acknowledged {name}={last} lost"
-            # storm, and a SIGKILL at a random moment of it
-            delay = rng.uniform(0.0, 0.08)
-            assert daemon.proc is not None
-            killer = threading.Timer(delay, daemon.proc.send_signal, (signal.SIGKILL,))
-            killer.start()
-            deadline = time.monotonic() + 5
-            try:
-                while time.monotonic() < deadline:
-                    name = f"S{seq % NAMES}"
-                    req = c.set_variable(VENDOR, name, 7, value(seq))
-                    if c.return_status(front.request(0, req, len(req), timeout=5)) \
-                            is Status.SUCCESS:
-                        acked[name] = seq
-                    seq += 1
-                raise AssertionError("the daemon was not killed")
-            except (VhostUserError, OSError):
-                pass  # killed mid-storm: the point
-            killer.join()
-            assert daemon.proc.wait(10) == -signal.SIGKILL
-            kills += 1
-            front.close()
+            seq = _round(daemon, rng, acked, seq)
+        except Exception as exc:
+            raise AssertionError(f"iteration {iteration} of {ITERATIONS}: {exc!r}\n"
+                                 f"daemon log:\n{daemon.log_path.read_text()[-2000:]}") from exc
         finally:
             daemon.kill()
         # the store itself, opened directly: every acknowledged write, nothing torn
@@ -107,4 +76,42 @@ def test_sigkill_during_a_setvariable_storm(tmp_path: Path) -> None:
             assert check(name, stored[name]) >= last, f"acknowledged {name}={last} lost"
         for name, data in stored.items():
             check(name, data)
-    assert kills == ITERATIONS and seq > ITERATIONS
+    assert seq > ITERATIONS
+
+
+def _round(daemon: EfirdDaemon, rng: random.Random, acked: dict[str, int], seq: int) -> int:
+    """Check the restarted daemon against what was acknowledged, then storm until a
+    SIGKILL lands at a random moment. Returns the next sequence number."""
+    front = VhostUserFrontend(timeout=10.0)
+    front.connect(daemon.socket)
+    front.handshake()
+    # the restarted daemon enumerates exactly what the store holds, once each
+    listed = enumerate_all(front)
+    assert len(listed) == len(set(listed))
+    ours = {n for gd, n in listed if gd == VENDOR}
+    assert set(acked) <= ours <= {f"S{i}" for i in range(NAMES)}
+    for name, last in acked.items():
+        req = c.get_variable(VENDOR, name, 8 * 100)
+        result = c.parse_get_variable(front.request(0, req, len(req)))
+        assert result.status is Status.SUCCESS, name
+        assert check(name, result.data) >= last, f"acknowledged {name}={last} lost"
+    delay = rng.uniform(0.0, 0.08)
+    assert daemon.proc is not None
+    killer = threading.Timer(delay, daemon.proc.send_signal, (signal.SIGKILL,))
+    killer.start()
+    deadline = time.monotonic() + 5
+    try:
+        while time.monotonic() < deadline:
+            name = f"S{seq % NAMES}"
+            req = c.set_variable(VENDOR, name, 7, value(seq))
+            if c.return_status(front.request(0, req, len(req), timeout=5)) is Status.SUCCESS:
+                acked[name] = seq
+            seq += 1
+        raise AssertionError("the daemon was not killed")
+    except (VhostUserError, OSError):
+        pass  # killed mid-storm: the point
+    finally:
+        killer.join()
+        front.close()
+    assert daemon.proc.wait(10) == -signal.SIGKILL
+    return seq
