@@ -32,7 +32,8 @@ futex and thread-style clone for trio's worker threads, signals, clocks, getrand
 unlink for the clean-up at exit. Not in it, so refused: opening or creating any file
 (open, openat, openat2, creat), execve/execveat, fork/vfork and process-style clone,
 ptrace, mount, bpf, the keyring, new sockets except the AF_UNIX ones that --connect and
-$NOTIFY_SOCKET need, bind/listen, chmod/chown, setuid and friends, and everything else.
+$NOTIFY_SOCKET need (and, with the fleet store, the TCP sockets that reach etcd),
+bind/listen, chmod/chown, setuid and friends, and everything else.
 
 * execve gets EPERM rather than KILL_PROCESS. No code path of the daemon executes
   anything after start-up, so an exec attempt is a bug or an attacker. A bug (a library
@@ -95,9 +96,16 @@ SERVING_IMPORTS: tuple[str, ...] = (
     # DomainControl.vars_request, on the first `efird vars` through the control socket
     "efird.control.vars_ops", "efird.variables.admin",
 )
+#: With the fleet store (efird/store/etcd.py): its HTTP client and what that imports on
+#: its error paths (a response's text encoding, header parsing).
+ETCD_IMPORTS: tuple[str, ...] = (
+    "efird.store.etcd", "etcd3gw", "etcd3gw.lease", "requests", "requests.adapters",
+    "urllib3", "urllib3.exceptions", "charset_normalizer", "idna", "http.client",
+    "email.parser", "email.feedparser", "json.decoder",
+)
 #: Text codecs the serving path uses (names are UCS-2 on the wire and in the store):
 #: a codec is imported (encodings.<name>) on its first lookup.
-SERVING_CODECS: tuple[str, ...] = ("utf-16-le", "utf-16", "utf-8", "ascii", "latin-1")
+SERVING_CODECS: tuple[str, ...] = ("utf-16-le", "utf-16", "utf-8", "ascii", "latin-1", "idna")
 
 
 def preload(modules: Iterable[str] = SERVING_IMPORTS,
@@ -424,7 +432,7 @@ THREAD_CLONE_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_T
 THREAD_CLONE_MASK = (THREAD_CLONE_FLAGS | CLONE_PTRACE | CLONE_VFORK | CLONE_PARENT
                      | CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC
                      | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
-AF_UNIX = 1
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 SOCK_STREAM, SOCK_DGRAM = 1, 2
 SOCK_TYPE_MASK = 0xF
 #: ioctls the daemon makes: non-blocking and close-on-exec flags, and isatty.
@@ -433,14 +441,16 @@ ALLOWED_IOCTLS = (termios.FIONBIO, termios.FIOCLEX, termios.FIONCLEX, termios.TC
 ALLOWED_PRCTLS = (PR_SET_NAME, PR_GET_NAME, PR_GET_SECCOMP, PR_GET_NO_NEW_PRIVS)
 
 
-def serving_policy(*, connect: bool = False, notify: bool = False,
+def serving_policy(*, connect: bool = False, notify: bool = False, inet: bool = False,
                    pid: int | None = None) -> SeccompPolicy:
     """The daemon's allow-list.
 
     connect: the daemon connects to the VMM (--connect), again after each disconnect:
     AF_UNIX stream sockets and connect. notify: $NOTIFY_SOCKET is set (systemd): AF_UNIX
-    datagram sockets, for STOPPING=1 at shutdown. pid: the process that may signal
-    itself with tgkill (default: this one).
+    datagram sockets, for STOPPING=1 at shutdown. inet: the store is the fleet store
+    (etcd), reached over TCP: AF_INET and AF_INET6 stream sockets and connect (its
+    endpoints were resolved before the lock-down; names are not resolved after it).
+    pid: the process that may signal itself with tgkill (default: this one).
     """
     rules = [Rule(name) for names in ALLOWED.values() for name in names]
     no_exec = Arg(2, 0, mmap.PROT_EXEC)  # writable memory is never made executable
@@ -453,7 +463,10 @@ def serving_policy(*, connect: bool = False, notify: bool = False,
     socket_types = ([SOCK_STREAM] if connect else []) + ([SOCK_DGRAM] if notify else [])
     rules += [Rule("socket", (Arg(0, AF_UNIX), Arg(1, kind, SOCK_TYPE_MASK)))
               for kind in socket_types]
-    if connect:
+    if inet:
+        rules += [Rule("socket", (Arg(0, family), Arg(1, SOCK_STREAM, SOCK_TYPE_MASK)))
+                  for family in (AF_INET, AF_INET6)]
+    if connect or inet:
         rules.append(Rule("connect"))
     return SeccompPolicy(tuple(rules))
 
@@ -503,14 +516,14 @@ def install_seccomp(policy: SeccompPolicy) -> None:
 
 
 def lock_down(*, identity: Identity | None, seccomp: bool, hand_over_paths: Sequence[Path],
-              connect: bool, notify: bool) -> None:
+              connect: bool, notify: bool, inet: bool = False) -> None:
     """Steps 3 to 5 of the module docstring (preload and prepare_sqlite come first)."""
     if identity is not None:
         hand_over(identity, hand_over_paths)
         drop_privileges(identity.uid, identity.gid)
     set_no_new_privs()
     if seccomp:
-        install_seccomp(serving_policy(connect=connect, notify=notify))
+        install_seccomp(serving_policy(connect=connect, notify=notify, inet=inet))
     log.info("deprivileged", uid=os.getuid(), gid=os.getgid(), no_new_privs=True,
              seccomp="filter" if seccomp else "off",
              **({"user": identity.user, "group": identity.group} if identity else {}))

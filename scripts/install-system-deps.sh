@@ -6,9 +6,12 @@
 # so no mirror is ever hard-coded here.
 set -euo pipefail
 
-PACKAGES_MAIN=(ovmf efitools openssl python3-venv python3-dev gcc make sqlite3 libseccomp2)
+# etcd-server: the fleet store's tests and benchmark start their own etcd cluster on
+# loopback ports (tests/etcd_cluster.py); Debian's etcd.service, if it runs, does not matter.
+PACKAGES_MAIN=(ovmf efitools openssl python3-venv python3-dev gcc make sqlite3 libseccomp2
+               etcd-server)
 PACKAGES_BPO=(qemu-system-x86 qemu-utils)
-STAMP=/var/lib/efird-system-deps.v1
+STAMP=/var/lib/efird-system-deps.v2
 
 log() { echo "install-system-deps: $*" >&2; }
 

@@ -492,3 +492,69 @@ def test_connect_mode_reconnects_after_lockdown(work: Path) -> None:
     finally:
         listener.close()
     assert_clean_log(daemon)
+
+
+def test_the_fleet_store_policy_allows_tcp_to_etcd_and_nothing_more() -> None:
+    """With an etcd:// store (efird/store/etcd.py) the daemon reaches etcd over TCP after
+    the lock-down: TCP sockets and connect are allowed, nothing else is; the HTTP client's
+    connection and error paths open no file (efird/store/etcd.py resolves names first)."""
+    import socket
+
+    base = sandbox.serving_policy()
+    assert "connect" not in base.allowed()
+    fleet = sandbox.serving_policy(inet=True)
+    assert {r.when for r in fleet.rules if r.syscall == "socket"} == {
+        (sandbox.Arg(0, family), sandbox.Arg(1, sandbox.SOCK_STREAM, 0xF))
+        for family in (sandbox.AF_INET, sandbox.AF_INET6)}
+    assert "connect" in fleet.allowed()
+    sandbox.preload(sandbox.ETCD_IMPORTS)  # as efird/cli/daemon.py does before locking down
+    import requests
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel completes connections; nobody ever answers
+    port = listener.getsockname()[1]
+    closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+
+    def checks() -> dict[str, Any]:
+        session = requests.Session()
+        session.trust_env = False
+
+        def tcp() -> None:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(b"x")
+            s.close()
+
+        def http(target: int, timeout: float) -> str:
+            try:
+                session.post(f"http://127.0.0.1:{target}/v3/kv/range", json={},
+                             timeout=timeout)
+            except requests.ConnectionError as exc:
+                return "refused" if "refused" in str(exc) else f"other: {exc}"
+            except requests.Timeout:
+                return "timeout"
+            return "answered"
+
+        return {
+            "tcp": _outcome(tcp),
+            "http to a closed port": http(closed_port, 2),
+            "http to a silent server": http(port, 0.2),
+            "udp socket": _outcome(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
+            "unix socket": _outcome(lambda: socket.socket(socket.AF_UNIX)),
+            "netlink socket": _outcome(lambda: socket.socket(socket.AF_NETLINK,
+                                                             socket.SOCK_RAW)),
+            "open": _outcome(lambda: os.open("/etc/hosts", os.O_RDONLY)),
+        }
+
+    try:
+        result = _in_sandboxed_child(fleet, checks)
+    finally:
+        listener.close()
+    assert result["tcp"] == "ok", result
+    assert result["http to a closed port"] == "refused", result
+    assert result["http to a silent server"] == "timeout", result
+    for denied in ("udp socket", "unix socket", "netlink socket", "open"):
+        assert result[denied] == "EPERM", (denied, result)

@@ -179,3 +179,20 @@ def test_a_new_store_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     for path in tmp_path.iterdir():
         if path.name.startswith("vm.efivars") and path.is_file():
             assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_a_failed_reload_leaves_the_service_as_it_was(tmp_path: Path) -> None:
+    from efird.variables.service import VariableService
+
+    store = SqliteStore(tmp_path / "vm.efivars")
+    store.commit(puts=[Variable(b"\x01" * 16, "Kept", 7, b"x")])
+    service = VariableService(store)
+
+    def broken() -> list[Variable]:
+        raise StoreCorruptError("store: damaged")
+
+    store.load = broken  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        service.reload()
+    assert service.find(b"\x01" * 16, "Kept") is not None
+    store.close()

@@ -14,9 +14,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from efird.store.open import (
+    DEFAULT_LEASE_TTL,
+    DEFAULT_TIMEOUT,
+    URL_FORM,
+    StoreSpec,
+    store_argument,
+)
+
 if TYPE_CHECKING:  # imported where used: `efird vars` and `efird ctl` start without them
     from efird.domain import Domain
-    from efird.store.sqlite import SqliteStore
+    from efird.store.base import VariableStore
 
 HELP = """\
 examples:
@@ -35,10 +43,32 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "call", help="serve hex-encoded envelopes from stdin (reference for firmware authors)",
         description=__doc__, epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, type=Path, metavar="PATH",
-                   help="the domain's variable store (created if missing)")
+    p.add_argument("--store", required=True, type=store_argument, metavar="PATH|URL",
+                   help="the domain's variable store: a file (created if missing) or "
+                        f"{URL_FORM} (docs/etcd.md)")
+    add_etcd_arguments(p)
     add_domain_arguments(p)
     p.set_defaults(run=run)
+
+
+def add_etcd_arguments(p: argparse.ArgumentParser, *, standby: bool = False) -> None:
+    """The flags of an etcd:// store (docs/etcd.md), shared by `call` and `serve`."""
+    g = p.add_argument_group("with an etcd:// store")
+    g.add_argument("--etcd-lease-ttl", type=_lease_ttl, default=None, metavar="SECONDS",
+                   help="TTL of the lease behind the domain's ownership (default "
+                        f"{DEFAULT_LEASE_TTL}): how long a dead owner keeps other hosts out")
+    g.add_argument("--etcd-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="how long a write may wait for an etcd quorum before it fails with "
+                        f"EFI_DEVICE_ERROR (default {DEFAULT_TIMEOUT:g})")
+    g.add_argument("--etcd-wait", type=_non_negative_float, default=None, metavar="SECONDS",
+                   help="at start-up, wait this long for another owner of the domain to let "
+                        "go (its lease to expire, or a release-ownership) before giving up "
+                        "(default 0)")
+    if standby:
+        g.add_argument("--etcd-standby", action="store_true", default=None,
+                       help="start without taking the domain's ownership: serve reads, refuse "
+                            "writes (EFI_DEVICE_ERROR) until the control socket's "
+                            "take-ownership (migration and failover targets)")
 
 
 def add_domain_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,6 +100,20 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _lease_ttl(text: str) -> int:
+    value = _positive_int(text)
+    if value > 3600:
+        raise argparse.ArgumentTypeError("must be at most 3600")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -92,7 +136,26 @@ def load_memory_map(path: Path | None) -> list[tuple[int, int, int]] | None:
         raise UsageError(f"--memmap {exc}") from None
 
 
-def make_domain(store: SqliteStore, args: argparse.Namespace,
+def open_cli_store(args: argparse.Namespace, role: str) -> VariableStore:
+    """--store with the etcd flags (UsageError when they are given with a path)."""
+    from efird.store.open import open_store
+
+    spec: StoreSpec = args.store
+    flags = {"--etcd-lease-ttl": args.etcd_lease_ttl, "--etcd-timeout": args.etcd_timeout,
+             "--etcd-wait": args.etcd_wait,
+             "--etcd-standby": getattr(args, "etcd_standby", None)}
+    if not spec.is_etcd:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with an etcd:// --store")
+    standby = bool(flags["--etcd-standby"])
+    return open_store(spec, ownership="standby" if standby else "take",
+                      wait=args.etcd_wait or 0.0,
+                      lease_ttl=args.etcd_lease_ttl or DEFAULT_LEASE_TTL,
+                      timeout=args.etcd_timeout or DEFAULT_TIMEOUT, role=role)
+
+
+def make_domain(store: VariableStore, args: argparse.Namespace,
                 memory_map: list[tuple[int, int, int]] | None) -> Domain:
     from efird.domain import Domain
     from efird.variables.limits import Limits
@@ -133,10 +196,8 @@ def serve_lines(domain: Domain, lines: TextIO, out: TextIO) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from efird.store.sqlite import SqliteStore
-
     memory_map = load_memory_map(args.memmap)
-    store = SqliteStore(args.store)
+    store = open_cli_store(args, "call")
     domain = make_domain(store, args, memory_map)
     try:
         serve_lines(domain, sys.stdin, sys.stdout)

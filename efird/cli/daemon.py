@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from efird import sandbox
-from efird.cli.call import UsageError, load_memory_map, make_domain
+from efird.cli.call import UsageError, load_memory_map, make_domain, open_cli_store
 from efird.cli.serve import EXIT_RESET, EXIT_SHUTDOWN
 from efird.control import server as control_server
 from efird.control.domain_handler import DomainControl
@@ -31,12 +31,21 @@ log = get_logger("efird.serve")
 
 
 def run(args: argparse.Namespace) -> int:
-    domain_name = args.domain or args.store.stem
+    domain_name = args.domain or args.store.name
     bind_context(domain=domain_name)
     identity = _check_sandbox_flags(args)  # before anything is created
     memory_map = load_memory_map(args.memmap)
-    store = SqliteStore(args.store)
+    # Loaded whole and verified before anything is served (the fleet store also takes
+    # the domain's ownership here, unless --etcd-standby).
+    store = open_cli_store(args, "serve")
     domain = make_domain(store, args, memory_map)
+    if args.store.is_etcd:
+        from efird.store.etcd import EtcdStore
+
+        assert isinstance(store, EtcdStore)
+        # ownership-lost, -taken, -released: from a request's worker thread or the lease
+        # renewal thread; Domain.emit and the event bus take events from any thread
+        store.on_event = lambda kind, data: domain.emit(kind, **data)
     outcome: dict[str, int] = {}
     try:
         trio.run(_serve, args, domain, outcome, identity)
@@ -58,17 +67,18 @@ async def _serve(args: argparse.Namespace, domain: Domain, outcome: dict[str, in
     once = (args.on_disconnect or ("exit" if args.connect else "wait")) == "exit"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, device, nursery.cancel_scope)
-        nursery.start_soon(_alarm_clock, domain)
+        nursery.start_soon(_alarm_clock, domain, device)
         if args.exit_on_reset:
             domain.listeners.append(_exit_on_reset(nursery.cancel_scope, outcome))
         if args.control is not None:
             bus = control_server.EventBus()
             domain.listeners.append(lambda kind, data: bus.publish(kind, data))
-            handler = DomainControl(args.domain or args.store.stem, domain, device,
+            handler = DomainControl(args.domain or args.store.name, domain, device,
                                     lambda: _in_trio(nursery.cancel_scope.cancel))
             await nursery.start(partial(control_server.serve_control, args.control, handler,
                                         bus=bus))
-            domain.store.advertise(str(args.control))
+            # (the fleet store records it in etcd: a request, never on the event loop)
+            await trio.to_thread.run_sync(domain.store.advertise, str(args.control))
         if args.connect:
             if _ready(args, "connecting", domain, identity, outcome):
                 await server.serve_connecting(args.socket, device, queues=args.queues,
@@ -110,12 +120,13 @@ def _lock_down(args: argparse.Namespace, domain: Domain,
     """Start-up is done: import what the serving path imports lazily, leave SQLite nothing
     to open, then drop to --user/--group, set no_new_privs and install the seccomp filter
     (see efird/sandbox.py). From here on the daemon opens no file and executes nothing."""
-    sandbox.preload()
+    inet = args.store.is_etcd  # the fleet store talks to etcd over TCP
+    sandbox.preload(sandbox.SERVING_IMPORTS + (sandbox.ETCD_IMPORTS if inet else ()))
     if isinstance(domain.store, SqliteStore):
         sandbox.prepare_sqlite(domain.store.db, domain.store.path.parent)
     sandbox.lock_down(identity=identity, seccomp=args.sandbox,
                       hand_over_paths=_removed_at_exit(args), connect=args.connect,
-                      notify=bool(os.environ.get("NOTIFY_SOCKET")))
+                      notify=bool(os.environ.get("NOTIFY_SOCKET")), inet=inet)
 
 
 def _ready(args: argparse.Namespace, mode: str, domain: Domain,
@@ -139,12 +150,23 @@ def _ready(args: argparse.Namespace, mode: str, domain: Domain,
     return True
 
 
-async def _alarm_clock(domain: Domain, period: float = 1.0) -> None:
-    """SetWakeupTime's alarm: when it comes due the toolstack gets a wake event."""
+async def _alarm_clock(domain: Domain, device: EnvelopeDevice, period: float = 1.0) -> None:
+    """SetWakeupTime's alarm: when it comes due the toolstack gets a wake event.
+
+    alarm_due records the pending alarm in the store: that write runs in a worker thread
+    between two guest requests (a store write never runs on the event loop)."""
+    time = domain.time
     while True:
         await trio.sleep(period)
-        if domain.time.alarm_due():
-            domain.emit("wake", time=str(domain.time.now()))
+        if not time.wakeup_enabled or time.wakeup_pending:
+            continue  # the common case, decided without a thread
+        await device.lock.acquire()
+        try:
+            due = await trio.to_thread.run_sync(time.alarm_due)
+        finally:
+            device.lock.release()
+        if due:
+            domain.emit("wake", time=str(time.now()))
 
 
 def _exit_on_reset(scope: trio.CancelScope,

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from efird.cli.call import add_domain_arguments
+from efird.cli.call import add_domain_arguments, add_etcd_arguments
+from efird.store.open import URL_FORM, store_argument
 
 EXIT_RESET, EXIT_SHUTDOWN = 10, 11
 
@@ -23,6 +24,8 @@ examples:
   efird serve --socket /run/qemu/vm1-efird.sock --store vm1.efivars --connect
   efird serve --socket /run/efird/vm1/vm1.sock --store /var/lib/efird/vm1.efivars \\
       --control /run/efird/vm1/vm1.ctl --user efird --group kvm --socket-mode 660
+  efird serve --socket /run/efird/vm1.sock --control /run/efird/vm1.ctl \\
+      --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/efird/vm1
 
 Once ready, the daemon runs without privileges: --user/--group (from root), no_new_privs
 and a seccomp allow-list under which it can open no file and execute nothing
@@ -42,10 +45,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--socket", required=True, type=Path, metavar="PATH",
                    help="vhost-user unix socket: efird listens here (QEMU connects), or "
                         "with --connect efird connects to it")
-    p.add_argument("--store", required=True, type=Path, metavar="PATH",
-                   help="the domain's variable store (created if missing)")
+    p.add_argument("--store", required=True, type=store_argument, metavar="PATH|URL",
+                   help="the domain's variable store: a file (created if missing), or "
+                        f"{URL_FORM} for the fleet store on etcd (docs/etcd.md)")
     p.add_argument("--domain", default=None, metavar="NAME",
-                   help="domain name, put on every log line (default: the store's name)")
+                   help="domain name, put on every log line (default: the store file's "
+                        "name, or the URL's DOMAIN)")
     p.add_argument("--connect", action="store_true",
                    help="be the client: connect to a frontend listening on --socket")
     p.add_argument("--queues", type=_queue_count, default=4, metavar="N",
@@ -80,6 +85,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-sandbox", dest="sandbox", action="store_false",
                    help="do not install the seccomp allow-list (for debugging: strace, a "
                         "profiler); no_new_privs and --user/--group still apply")
+    add_etcd_arguments(p, standby=True)
     add_domain_arguments(p)
     p.set_defaults(run=run)
 

@@ -36,6 +36,7 @@ from efird.cli.vars_common import (
 )
 from efird.efi import guid as g
 from efird.efi.attributes import AP, NV, format_attributes, parse_attributes
+from efird.store.open import StoreSpec, store_argument
 from efird.variables.model import Variable
 
 EPILOG = """\
@@ -50,6 +51,7 @@ examples:
       --path 'HD(1,GPT,4f3c8a1e-0000-4000-8000-000000000001,0x800,0x100000)/\\
 File(\\EFI\\debian\\shimx64.efi)'
   efird vars --control /run/efird/vm1.ctl list     # through a running daemon
+  efird vars --store etcd://10.0.0.1:2379,10.0.0.2:2379/efird/vm1 list   # fleet store
 
 run 'efird vars COMMAND --help' for each command's options and examples.
 """
@@ -61,8 +63,9 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("vars", help="inspect and change a domain's variable store",
                        description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", type=Path, metavar="PATH",
-                   help="the domain's variable store (created by commands that write)")
+    p.add_argument("--store", type=store_argument, metavar="PATH|URL",
+                   help="the domain's variable store: a file (created by commands that "
+                        "write) or etcd://HOST:PORT[,...]/PREFIX/DOMAIN (docs/etcd.md)")
     p.add_argument("--control", type=Path, metavar="SOCKET",
                    help="go through the efird serving the store, at this control socket "
                         "(the default when the store's lock file names one)")
@@ -186,10 +189,14 @@ def open_target(args: argparse.Namespace) -> tuple[Target, Callable[[], None]]:
                                    "serving it)")
     read_only = args.vars_command in READ_ONLY_COMMANDS or \
         getattr(args, "boot_command", None) == "list"
-    if read_only and not args.store.exists():
+    spec: StoreSpec = args.store
+    if spec.is_etcd:
+        return _open_etcd_target(spec, read_only)
+    assert spec.path is not None
+    if read_only and not spec.path.exists():
         raise CliError(EXIT_USAGE, f"store {args.store} does not exist")
     try:
-        store = SqliteStore(args.store)
+        store = SqliteStore(spec.path)
     except StoreLockedError as exc:
         if exc.control is None:
             raise CliError(EXIT_USAGE, f"{exc}, which has no control socket: stop it, or "
@@ -204,6 +211,44 @@ def open_target(args: argparse.Namespace) -> tuple[Target, Callable[[], None]]:
 
     try:
         return StoreAdmin(VariableService(store)), close
+    except BaseException:
+        store.close()
+        raise
+
+
+def _open_etcd_target(spec: StoreSpec, read_only: bool
+                      ) -> tuple[Target, Callable[[], None]]:
+    """The fleet store: through the daemon that owns the domain when it serves it from
+    this host with a control socket; else, to read, the committed variables at one
+    revision, and to write, the domain's ownership taken for the command and released
+    at its end (refused, naming the owner, while a daemon elsewhere owns it)."""
+    from efird.control.vars_ops import DaemonTarget
+    from efird.store.base import StoreLockedError
+    from efird.store.open import open_etcd
+    from efird.variables.admin import StoreAdmin
+    from efird.variables.service import VariableService
+
+    try:
+        store = open_etcd(spec, ownership="read" if read_only else "take", role="vars")
+    except StoreLockedError as exc:
+        if exc.control is None:
+            raise CliError(EXIT_USAGE, f"{exc}; efird vars goes through the owner only on "
+                                       "its host, with its control socket (efird serve "
+                                       "--control)") from None
+        daemon = DaemonTarget(exc.control)
+        return daemon, daemon.close
+    holder = store.owner_seen
+    if read_only and holder is not None and holder.control is not None \
+            and holder.host == store.local_host:
+        store.close()
+        daemon = DaemonTarget(holder.control)
+        return daemon, daemon.close
+    if read_only and not store.exists:
+        store.close()
+        raise CliError(EXIT_USAGE, f"store {spec} does not exist (no efird store under "
+                                   f"{spec.base_key})")
+    try:
+        return StoreAdmin(VariableService(store)), store.close
     except BaseException:
         store.close()
         raise

@@ -165,6 +165,15 @@ class ControlClient:
         """The toolstack's kexec / soft reset (Xen SHUTDOWN_soft_reset)."""
         return self.request(p.SOFT_RESET)
 
+    def take_ownership(self, wait: int = 0) -> dict[str, Any]:
+        """Fleet store: make the daemon the domain's owner, waiting up to `wait` seconds
+        for the current owner to let go (ControlError "owned" if it does not)."""
+        return self.request(p.TAKE_OWNERSHIP, wait=wait)
+
+    def release_ownership(self) -> dict[str, Any]:
+        """Fleet store: hand the domain over; the daemon refuses writes from then on."""
+        return self.request(p.RELEASE_OWNERSHIP)
+
     def stop(self) -> None:
         """Ask the daemon to stop; returns once it has begun (it then closes the socket)."""
         try:

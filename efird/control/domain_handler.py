@@ -6,6 +6,12 @@ count (so the count keeps increasing on the new host). It is versioned, names it
 and is checksummed;
 restore-state refuses a blob from another domain, another version or with a bad
 checksum before touching anything.
+
+Every operation that reads or writes the store (restore-state, reload-store, vars-*,
+take-ownership, release-ownership) does it in a worker thread, holding the device lock
+so that it falls between two guest requests: with the fleet store a store call is a
+network request that can take up to its timeout, and the event loop must keep serving
+the other connections, the alarm and the signals meanwhile.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
 
 from efird.bootmem.service import BootMemoryService
 from efird.control import protocol as p
@@ -23,15 +31,21 @@ from efird.device import EnvelopeDevice
 from efird.domain import Domain
 from efird.efi.attributes import NV
 from efird.efi.guid import guid_bytes, guid_str
-from efird.platform.time_service import ClockState
+from efird.platform.time_service import ClockState, TimeService
 from efird.store.base import StoreError
 from efird.variables.admin import StoreAdmin
 from efird.variables.model import Variable
 from efird.variables.secureboot import FIRMWARE_OWNED
 from efird.variables.service import Phase
 
+if TYPE_CHECKING:
+    from efird.store.etcd import EtcdStore
+
 STATE_FORMAT = "efird-state"
 STATE_VERSION = 1
+#: How often take-ownership --wait looks at the ownership key again.
+TAKE_POLL = 0.2
+T = TypeVar("T")
 
 
 class DomainControl:
@@ -43,9 +57,27 @@ class DomainControl:
         self._stop = stop
         self.started = time.monotonic()
 
+    async def _between_requests(self, fn: Callable[[], T]) -> T:
+        """fn() in a worker thread, between two guest requests (the device lock held)."""
+        await self.device.lock.acquire()
+        try:
+            return await trio.to_thread.run_sync(fn)
+        finally:
+            self.device.lock.release()
+
+    def _etcd(self) -> EtcdStore:
+        """The fleet store, or ControlError(unsupported) for the embedded one."""
+        store = self.domain.store
+        if not hasattr(store, "take_ownership"):
+            raise ControlError("unsupported", f"store {store.description} has no ownership "
+                                              "to hand over (only an etcd:// store has)")
+        return store  # type: ignore[return-value]
+
     async def status(self) -> dict[str, Any]:
         v = self.domain.variables
         phase = v.phase
+        ownership = getattr(self.domain.store, "ownership", None)
+        extra = {"ownership": ownership()} if ownership is not None else {}
         return {
             "domain": self.name,
             "store": self.domain.store.description,
@@ -60,6 +92,7 @@ class DomainControl:
             "set_variable_failures": v.counters.set_failures,
             "store_errors": v.counters.store_errors,
             "rate_limited": v.counters.rate_limited,
+            **extra,
         }
 
     async def save_state(self) -> bytes:
@@ -123,27 +156,87 @@ class DomainControl:
             raise ControlError("bad-state", f"malformed state: {exc}") from None
         if any(x.attributes & NV for x in volatile):
             raise ControlError("bad-state", "a non-volatile variable in the volatile state")
-        await self.device.lock.acquire()
-        try:
+        def restore() -> None:
             self.domain.time.restore(clock_state)  # durable first: it can fail
             self.domain.bootmem.import_state(boot_memory)
             self.domain.variables.restore_volatile(volatile, phase)
+
+        try:
+            await self._between_requests(restore)
         except StoreError as exc:
             raise ControlError("store-error", str(exc)) from None
-        finally:
-            self.device.lock.release()
+
+    def _reload(self) -> None:
+        """(Worker thread, device lock held.) Variables and clock from the store. The
+        fleet store reads and verifies the whole domain first and changes nothing if that
+        fails, so the service never reloads from a half-read store."""
+        refresh = getattr(self.domain.store, "refresh", None)
+        if refresh is not None:
+            refresh()
+        self.domain.variables.reload()
 
     async def reload_store(self) -> dict[str, Any]:
-        await self.device.lock.acquire()
         try:
-            self.domain.variables.reload()
+            await self._between_requests(self._reload)
         except StoreError as exc:
             raise ControlError("store-error", str(exc)) from None
-        finally:
-            self.device.lock.release()
         count = len(self.domain.variables.variables())
         self.domain.emit("store-reloaded", variables=count)
         return {"variables": count}
+
+    async def take_ownership(self, wait: int) -> dict[str, Any]:
+        """Own the domain (fleet store), then serve what etcd holds: variables and clock
+        are reloaded, volatile variables kept. Waits up to `wait` seconds for the owner
+        to let go, polling without holding up the guest; the take and the reload happen
+        between two guest requests, so no write can slip in on a stale view."""
+        store = self._etcd()
+        if wait < 0:
+            raise ControlError(p.BAD_ARGUMENT, "wait must be >= 0 (seconds)")
+        deadline = trio.current_time() + wait
+        while True:
+            try:
+                holder = await self._between_requests(
+                    lambda: self._take_and_reload(store))
+            except StoreError as exc:
+                raise ControlError("store-error", str(exc)) from None
+            if holder is None:
+                break
+            if trio.current_time() >= deadline:
+                raise ControlError("owned", f"domain {store.spec.domain} is owned by "
+                                            f"{holder.describe()}")
+            await trio.sleep(min(TAKE_POLL, max(0.0, deadline - trio.current_time())))
+        return {"ownership": store.ownership(),
+                "variables": len(self.domain.variables.variables())}
+
+    def _take_and_reload(self, store: EtcdStore) -> Any:
+        """(Worker thread, device lock held.) The current owner, or None once owned."""
+        already = store.owned
+        holder = store.try_take()
+        if holder is None and not already:
+            self.domain.variables.reload()
+            self._reload_clock()
+        return holder
+
+    def _reload_clock(self) -> None:
+        """The clock's offset, alarm and monotonic count as the previous owner left
+        them (the count never goes backwards)."""
+        fresh = TimeService(self.domain.store, self.domain.time.clock)
+        clock = self.domain.time
+        clock.offset_ns, clock.zone, clock.daylight = fresh.offset_ns, fresh.zone, \
+            fresh.daylight
+        clock.wakeup_enabled, clock.wakeup_pending = fresh.wakeup_enabled, \
+            fresh.wakeup_pending
+        clock.wakeup_time = fresh.wakeup_time
+        clock.monotonic_high = max(clock.monotonic_high, fresh.monotonic_high)
+
+    async def release_ownership(self) -> dict[str, Any]:
+        """Hand the domain over: from here on this daemon refuses writes (DEVICE_ERROR)
+        and the next owner can take it. `revoked` false: etcd could not be told, and the
+        ownership ends when the lease expires (its TTL) instead of at once."""
+        store = self._etcd()
+        was_owner = store.owned
+        revoked = await self._between_requests(store.release_ownership)
+        return {"released": was_owner, "revoked": revoked, "lease_ttl_s": store.lease_ttl}
 
     async def stop(self) -> None:
         self._stop()
@@ -151,11 +244,8 @@ class DomainControl:
     async def vars_request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         from efird.control import vars_ops
 
-        await self.device.lock.acquire()  # between two guest requests
-        try:
-            result = vars_ops.apply(StoreAdmin(self.domain.variables), op, args)
-        finally:
-            self.device.lock.release()
+        result = await self._between_requests(
+            lambda: vars_ops.apply(StoreAdmin(self.domain.variables), op, args))
         if op not in (p.VARS_LIST,):
             self.domain.emit("variables-changed", op=op, **{
                 k: v for k, v in result.items() if k in ("status", "imported", "deleted")})

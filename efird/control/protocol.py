@@ -26,6 +26,8 @@ MAX_LINE = 16 * 1024 * 1024
 
 STATUS, EVENTS, SAVE_STATE, RESTORE_STATE, RELOAD_STORE, STOP, SOFT_RESET = (
     "status", "events", "save-state", "restore-state", "reload-store", "stop", "soft-reset")
+# the fleet store's ownership handoff (docs/etcd.md)
+TAKE_OWNERSHIP, RELEASE_OWNERSHIP = "take-ownership", "release-ownership"
 # `efird vars` on a served store (efird/control/vars_ops.py)
 VARS_LIST, VARS_SET, VARS_IMPORT, VARS_RESET_SECURE_BOOT, VARS_POLICY = (
     "vars-list", "vars-set", "vars-import", "vars-reset-secure-boot", "vars-policy")
@@ -41,6 +43,8 @@ ARGUMENTS: dict[str, dict[str, type]] = {
     RELOAD_STORE: {},
     STOP: {},
     SOFT_RESET: {},
+    TAKE_OWNERSHIP: {"wait": int},
+    RELEASE_OWNERSHIP: {},
     VARS_LIST: {},
     VARS_SET: {"guid": str, "name": str, "attributes": int, "data": str},
     VARS_IMPORT: {"variables": list, "replace": bool},
@@ -64,7 +68,8 @@ INTERNAL = "internal"            # the daemon failed unexpectedly answering the 
 #: Event kinds the daemon publishes; open-ended, subscribers must skip kinds they do not
 #: know. EVENTS_DROPPED is produced by the event bus itself.
 EVENT_KINDS = ("reset", "shutdown", "kexec", "wake", "secure-boot-violation", "exit",
-               "store-reloaded", "variables-changed", "stopping")
+               "store-reloaded", "variables-changed", "stopping", "ownership-taken",
+               "ownership-released", "ownership-lost")
 EVENTS_DROPPED = "events-dropped"
 
 RequestId = int | str

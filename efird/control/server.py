@@ -74,6 +74,10 @@ class ControlHandler(Protocol):
         """One of protocol.VARS_OPS: `efird vars` on the served store."""
         ...
 
+    # Optional (the fleet store's handoff); without them the ops are "unsupported":
+    # async def take_ownership(self, wait: int) -> dict[str, Any]
+    # async def release_ownership(self) -> dict[str, Any]
+
 
 class Subscription:
     """One subscriber's bounded buffer of events; `receive` waits for the next one.
@@ -374,6 +378,13 @@ class _Connection:
             return await handler.soft_reset()
         if request.op in p.VARS_OPS:
             return await handler.vars_request(request.op, request.args)
+        if request.op in (p.TAKE_OWNERSHIP, p.RELEASE_OWNERSHIP):
+            method = getattr(handler, request.op.replace("-", "_"), None)
+            if method is None:
+                raise ControlError(p.UNSUPPORTED, f"{request.op}: this daemon's store has no "
+                                                  "ownership to hand over")
+            result: Mapping[str, Any] = await method(**request.args)
+            return result
         raise AssertionError(f"unhandled op {request.op}")  # parse_request knows OPS
 
     async def _subscribe(self, request: p.Request, nursery: trio.Nursery) -> None:

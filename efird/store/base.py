@@ -42,6 +42,11 @@ class StoreIOError(StoreError):
     """The medium failed (EIO, read-only, ...); the batch was not applied."""
 
 
+class StoreFencedError(StoreError):
+    """This process may not write the store (now): another process owns it, or this one
+    lost or handed over its ownership (the fleet store's fencing). Nothing was applied."""
+
+
 class VariableStore(ABC):
     """Durable storage of non-volatile variables for one domain."""
 

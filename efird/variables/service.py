@@ -102,18 +102,22 @@ class VariableService:
 
     # ------------------------------------------------------------------ state ---
     def reload(self) -> None:
-        """(Re)load non-volatile variables from the store; volatile ones are kept."""
+        """(Re)load non-volatile variables from the store; volatile ones are kept.
+
+        Everything is read and verified before anything in memory changes: a store that
+        fails to load (StoreError) leaves the service as it was, never half-loaded."""
+        loaded = list(self.store.load())  # one row per key: a bulk build, sorted once
+        sb = SecureBootState.from_meta(
+            {k: self.store.get_meta(k) for k in SecureBootState().meta()})
         volatile = [v for v in self._all.values() if not v.attributes & NV]
         self._all.clear()
         self._rt.clear()
         self._used = {"nv": 0, "hr": 0, "volatile": 0}
-        loaded = list(self.store.load())  # one row per key: a bulk build, sorted once
         self._all.update((v.key, v) for v in loaded)
         self._rt.update((v.key, v) for v in loaded if v.attributes & RT)
         for v in loaded:
             self._used[self._bucket(v)] += footprint(v.name_size, len(v.data))
-        self.sb = SecureBootState.from_meta(
-            {k: self.store.get_meta(k) for k in SecureBootState().meta()})
+        self.sb = sb
         for v in volatile:
             if v.key not in secureboot.FIRMWARE_OWNED:
                 self._insert(v)
