@@ -563,9 +563,21 @@ def test_migration_is_an_ownership_handoff_without_copying(cluster: EtcdCluster,
         with pytest.raises(ControlError) as busy:
             dst_ctl.take_ownership(wait=0)
         assert busy.value.code == "owned"
-        # the handoff: release on the source, take on the target, then the volatile state
-        assert src_ctl.release_ownership()["revoked"] is True
-        taken = dst_ctl.take_ownership(wait=5)
+        # the handoff, as a toolstack does it with efird ctl: release on the source, take
+        # on the target, then the volatile state
+        import subprocess
+        import sys
+
+        def ctl(name: str, *argv: str) -> dict:
+            done = subprocess.run([sys.executable, "-m", "efird.cli.main", "ctl", "--control",
+                                   str(work / f"{name}.ctl"), "--json", *argv],
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            result: dict = json.loads(done.stdout)
+            return result
+
+        assert ctl("src", "release-ownership")["revoked"] is True
+        taken = ctl("dst", "take-ownership", "--wait", "5")
         assert taken["ownership"]["state"] == "owner"
         dst_ctl.restore_state(src_ctl.save_state())
         with attach(dst) as front:

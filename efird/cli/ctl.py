@@ -33,6 +33,9 @@ examples:
   # migrate: the blob as base64 through a pipe
   efird ctl --control /run/efird/vm1.ctl save-state \\
     | ssh dst efird ctl --control /run/efird/vm1.ctl restore-state
+  # fleet store (etcd): hand the domain over, no copying
+  efird ctl --control /run/efird/vm1.ctl release-ownership
+  ssh dst efird ctl --control /run/efird/vm1.ctl take-ownership --wait 10
 
 exit codes: 0 done, 1 the daemon refused (its error code and message on stderr),
 2 usage error or the daemon cannot be reached (the message names the socket).
@@ -87,6 +90,12 @@ def add_parser(sub: Any) -> None:
     command("reload", "re-read the variable store from disk")
     command("soft-reset", "kexec / Xen soft reset: keep runtime state, fresh boot path")
     command("stop", "stop the daemon")
+    take = command("take-ownership", "fleet store (etcd): make this daemon the domain's "
+                                     "owner (the one that writes)")
+    take.add_argument("--wait", type=int, default=0, metavar="SECONDS",
+                      help="wait up to SECONDS for the current owner to let go (default 0)")
+    command("release-ownership", "fleet store (etcd): hand the domain over; this daemon "
+                                 "refuses writes from then on")
     p.set_defaults(run=run)
 
 
@@ -250,7 +259,19 @@ def _event_line(event: Mapping[str, Any]) -> str:
                                                                     else "")
 
 
+def _take(client: ControlClient, args: argparse.Namespace) -> int:
+    _emit(args, client.take_ownership(wait=args.wait), "ownership taken")
+    return EXIT_OK
+
+
+def _release(client: ControlClient, args: argparse.Namespace) -> int:
+    _emit(args, client.release_ownership(), "ownership released")
+    return EXIT_OK
+
+
 _COMMANDS = {
+    "take-ownership": _take,
+    "release-ownership": _release,
     "status": _status,
     "events": _events,
     "save-state": _save,
