@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps test lint check demo demo-call bench vectors clean
+.PHONY: setup system-deps test lint check demo demo-call bench vectors fuzz clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ demo-call: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks
+
+## Fuzzing (fuzz/): every target for FUZZ_SECONDS each at the lowest priority; the figures
+## go to fuzz/RESULTS.md and fuzz/results.json, corpora and crashes to fuzz/work/.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	nice -n 19 $(BIN)/python -m fuzz --seconds $(FUZZ_SECONDS) --nice 19
 
 vectors: setup
 	$(BIN)/python -m efird.abi.vectors --write protocols/vectors

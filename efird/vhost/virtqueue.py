@@ -96,12 +96,24 @@ class Virtqueue:
             if not self.has_addresses or not self.num:
                 raise GuestMemoryError(f"queue {self.index} has no ring addresses")
             n = self.num
+            self._check_layout(n)
             self._desc = self.memory.uva_view(self.desc_uva, DESC_SIZE * n)
             self._avail = self.memory.uva_view(self.avail_uva, 6 + 2 * n)
             self._used = self.memory.uva_view(self.used_uva, 6 + 8 * n)
             self._generation = self.memory.generation
         assert self._avail is not None and self._used is not None
         return self._desc, self._avail, self._used
+
+    def _check_layout(self, n: int) -> None:
+        """The used ring, the only part efird writes, must not overlap what it reads (the
+        descriptor table, the available ring): pushing a used entry would then rewrite the
+        driver's side, e.g. avail->idx, and a used ring on top of the available ring makes
+        every completion offer the chain again, so the ring would never drain."""
+        used_end = self.used_uva + 6 + 8 * n
+        for start, size, what in ((self.desc_uva, DESC_SIZE * n, "descriptor table"),
+                                  (self.avail_uva, 6 + 2 * n, "available ring")):
+            if self.used_uva < start + size and start < used_end:
+                raise ChainError(f"queue {self.index}: the used ring overlaps the {what}")
 
     def sync_used_idx(self) -> None:
         """Take used->idx from guest memory (a ring (re)started after a reconnect)."""

@@ -11,7 +11,6 @@ import atexit
 import os
 import shutil
 import struct
-import sys
 import tempfile
 from collections import deque
 from pathlib import Path
@@ -78,32 +77,36 @@ def open_fds() -> set[int]:
 class KnownIssues:
     """Bugs already found and reported to the owner of the file they are in: while
     FUZZ_STRICT is not 1, an input hitting one is counted instead of being a crash, so a
-    run goes on to find other bugs. The counts are printed at exit, for fuzz/run.py."""
+    run goes on to find other bugs. libFuzzer ends the process without running Python's
+    exit handlers, so the counts are rewritten to FUZZ_KNOWN_FILE (set by fuzz/run.py)
+    as they change, one line per issue."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.strict = os.environ.get("FUZZ_STRICT") == "1"
+        self.path = os.environ.get("FUZZ_KNOWN_FILE")
         self.counts: dict[str, int] = {}
-        atexit.register(self.report)
 
     def allow(self, name: str) -> bool:
         """True (and counted) unless strict: the caller then swallows the failure."""
         if self.strict:
             return False
         self.counts[name] = self.counts.get(name, 0) + 1
+        if self.path:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as out:
+                out.writelines(f"{k} {v}\n" for k, v in sorted(self.counts.items()))
+            os.replace(tmp, self.path)
         return True
-
-    def report(self) -> None:
-        for name, count in sorted(self.counts.items()):
-            print(f"KNOWN-ISSUE {self.target} {name} {count}", file=sys.stderr, flush=True)
 
 
 _scratch: Path | None = None
 
 
 def scratch_dir(name: str) -> Path:
-    """A private directory on tmpfs when there is one (stores fsync a lot), removed at
-    exit. FUZZ_SCRATCH overrides the parent directory."""
+    """A private directory, on tmpfs when there is one (stores fsync a lot), under
+    FUZZ_SCRATCH when set. libFuzzer exits without running Python's exit handlers, so
+    fuzz/run.py sets FUZZ_SCRATCH and removes it; the handler covers other callers."""
     global _scratch
     if _scratch is None:
         parent = os.environ.get("FUZZ_SCRATCH") or (

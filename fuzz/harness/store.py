@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +40,18 @@ VENDOR = g.guid_bytes("3b9a5d7e-1c2f-4a6b-8d9e-0f1a2b3c4d5e")
 TS = bytes([0xE8, 0x07, 3, 14, 15, 9, 26, 0]) + bytes(8)
 META_KEYS = (*SecureBootState().meta(), "time.offset", "fuzz.extra")
 
+# Reported bugs in efird/store/sqlite.py (tests/test_fuzz_regressions.py), told apart by
+# where they are raised:
+# SQLite's message for a damaged schema quotes the damaged bytes, Python's sqlite3 cannot
+# decode it, and SqliteStore._open lets the UnicodeDecodeError through.
 KNOWN_UNDECODABLE_ERROR = "sqlite-error-message-not-utf8"
+# A damaged schema can make SQLite answer SQLITE_NOMEM, which sqlite3 raises as
+# MemoryError; SqliteStore._open lets it through (and leaves the connection open).
+KNOWN_NOMEM = "sqlite-nomem-raises-memoryerror"
+# A row whose columns no longer have the written types (a negative or non-integer
+# attributes, a TEXT name...) makes the checksum computation itself raise struct.error or
+# TypeError in load()/get_meta() instead of StoreCorruptError.
+KNOWN_ROW_TYPES = "damaged-row-types-raise"
 # get_meta looks a record up by key and checks only that row: damage to a record's key
 # hides the record, and it reads as absent (its default: e.g. not Deployed Mode) without
 # an error (reported; tests/test_fuzz_regressions.py).
@@ -102,6 +115,18 @@ class Templates:
         store.close()
 
 
+def known_store_bug(exc: BaseException) -> str | None:
+    frames = {frame.f_code.co_name for frame, _line in traceback.walk_tb(exc.__traceback__)
+              if frame.f_code.co_filename.endswith("efird/store/sqlite.py")}
+    if isinstance(exc, UnicodeDecodeError) and "_open" in frames:
+        return KNOWN_UNDECODABLE_ERROR
+    if isinstance(exc, MemoryError) and "_open" in frames:
+        return KNOWN_NOMEM
+    if isinstance(exc, struct.error | TypeError) and frames & {"_row_checksum", "get_meta"}:
+        return KNOWN_ROW_TYPES
+    return None
+
+
 def _patch(image: bytearray, offset: int, chunk: bytes) -> None:
     if not image:
         return
@@ -136,7 +161,7 @@ def open_and_load(path: Path) -> State:
     store = SqliteStore(path)
     try:
         variables = list(store.load())
-        meta = {k: v for k in META_KEYS if (v := store.get_meta(k)) is not None}
+        meta = {k: value for k in META_KEYS if (value := store.get_meta(k)) is not None}
         store.changed_since_load()
     finally:
         store.close()
@@ -164,11 +189,9 @@ class Harness:
         except ServedDamage as damage:
             if not (damage.only_missing_meta and self.known.allow(KNOWN_META_KEY_DAMAGE)):
                 raise
-        except UnicodeDecodeError:
-            # SQLite's message for a damaged schema quotes the damaged bytes and Python's
-            # sqlite3 cannot decode it: sqlite.py lets the UnicodeDecodeError through
-            # (reported; tests/test_fuzz_regressions.py)
-            if not self.known.allow(KNOWN_UNDECODABLE_ERROR):
+        except (UnicodeDecodeError, MemoryError, struct.error, TypeError) as exc:
+            known = known_store_bug(exc)
+            if known is None or not self.known.allow(known):
                 raise
 
 

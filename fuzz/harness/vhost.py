@@ -111,6 +111,8 @@ class FakeNursery:
 
 
 class ReversingDevice:
+    max_request = 1 << 20  # efird's default (efird serve --max-request-size)
+
     def __init__(self) -> None:
         self.memory: GuestMemory | None = None
         self.requests = 0

@@ -32,7 +32,7 @@ import os
 import struct
 
 from efird.vhost.memory import GuestMemory, GuestMemoryError, map_region
-from efird.vhost.virtqueue import ChainError, Chain, Virtqueue
+from efird.vhost.virtqueue import Chain, ChainError, Virtqueue
 from fuzz.harness.common import Finding, Reader, open_fds
 
 REGION0 = (0x0, 64 << 10, 0x40000000)
