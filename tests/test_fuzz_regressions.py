@@ -178,11 +178,6 @@ def test_store_odd_length_name_is_corruption(tmp_path: Path) -> None:
 
 
 # -- store: reported to the owner of efird/store/sqlite.py ----------------------------------
-@pytest.mark.xfail(strict=True, reason="efird/store/sqlite.py: a damaged schema makes SQLite "
-                   "fail in ways Python's sqlite3 does not raise as sqlite3.Error: an error "
-                   "message quoting the damaged bytes (UnicodeDecodeError) or SQLITE_NOMEM "
-                   "(MemoryError); SqliteStore._open lets them through instead of "
-                   "StoreCorruptError, and leaves its connection open (fuzz target store)")
 @pytest.mark.parametrize(("offset", "damage"), [
     # input 21 2b ff ff ff ff ff ff: the end of the schema text of `meta` ("WITHOUT
     # ROWID") becomes 0xff: UnicodeDecodeError
@@ -201,9 +196,6 @@ def test_store_damaged_schema_is_store_error(tmp_path: Path, offset: int,
         _open_and_load(path)
 
 
-@pytest.mark.xfail(strict=True, reason="efird/store/sqlite.py: load() computes the row "
-                   "checksum before checking the column types; a damaged row raises "
-                   "struct.error/TypeError instead of StoreCorruptError (fuzz target store)")
 @pytest.mark.parametrize("damage", [
     # fuzz target store, input 2e 9e*19 3a 23 23 25: attributes became -98
     "UPDATE variables SET attributes = -98",
@@ -219,10 +211,6 @@ def test_store_damaged_row_types_are_corruption(tmp_path: Path, damage: str) -> 
         _open_and_load(path)
 
 
-@pytest.mark.xfail(strict=True, reason="efird/store/sqlite.py: get_meta looks a record up by "
-                   "key and checks only that row, so damage to a record's key hides it and "
-                   "it reads as absent, i.e. its default (here: not Deployed Mode), without "
-                   "an error (fuzz target store, input 0a fe c5 ff fe 29)")
 def test_store_damaged_meta_key_is_corruption(tmp_path: Path) -> None:
     path = tmp_path / "vm.efivars"
     _store_with(path, Variable(VENDOR, "Name", 7, b"data"),
@@ -289,10 +277,6 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason="efird/vhost/backend.py: fds received with a header "
-                   "are not closed when the frontend goes away before the header or payload "
-                   "is complete (Connection._recv_exact raises EOFError with them in `fds`; "
-                   "fuzz target vhost)")
 def test_vhost_fds_of_an_unfinished_message_are_closed() -> None:
     # fuzz target vhost, input 00 00 04 00 ed 2f ed: a header announcing a payload that
     # never comes, with 4 fds; here SET_VRING_CALL announcing its 8 bytes, with 1 eventfd

@@ -254,6 +254,12 @@ class SqliteStore(VariableStore):
         except sqlite3.Error as exc:
             db.close()
             raise _classify(self.path, exc) from exc
+        except (UnicodeDecodeError, MemoryError) as exc:
+            # a damaged schema: SQLite's message quotes undecodable bytes, or it answers
+            # SQLITE_NOMEM reading a record whose sizes are garbage
+            db.close()
+            raise StoreCorruptError(f"store {self.path}: corrupt ({type(exc).__name__})"
+                                    ) from exc
         return db
 
     def _preallocate_wal(self) -> None:
@@ -292,10 +298,23 @@ class SqliteStore(VariableStore):
             rows = self.db.execute(
                 "SELECT guid, name, attributes, data, timestamp, signer, checksum FROM variables"
             ).fetchall()
+            metas = self.db.execute("SELECT key, value, checksum FROM meta").fetchall()
             self._data_version = self._read_data_version()
         except sqlite3.Error as exc:
             raise _classify(self.path, exc) from exc
+        # every metadata record is verified here too: damage to a record's key would
+        # otherwise hide it, and get_meta would answer "absent" (its default) silently
+        for key, value, checksum in metas:
+            if not (isinstance(key, str) and isinstance(value, bytes)
+                    and checksum == _checksum(key.encode(errors="surrogatepass"), value)):
+                raise StoreCorruptError(f"store {self.path}: a metadata record fails its "
+                                        "checksum")
         for guid, name, attributes, data, timestamp, signer, checksum in rows:
+            if not (isinstance(attributes, int) and 0 <= attributes < 1 << 32
+                    and all(isinstance(x, bytes)
+                            for x in (guid, name, data, timestamp, signer, checksum))):
+                raise StoreCorruptError(f"store {self.path}: a variable row has columns of "
+                                        "the wrong type")
             if _row_checksum(guid, name, attributes, data, timestamp, signer) != checksum:
                 raise StoreCorruptError(
                     f"store {self.path}: variable {_name_str(name)!r} fails its checksum")

@@ -186,13 +186,16 @@ class Connection:
         try:
             while True:
                 fds: list[int] = []
-                header = await self._recv_exact(P.HEADER.size, fds)
-                request, flags, size = P.HEADER.unpack(header)
-                if flags & 0x3 != P.VERSION or size > P.MAX_PAYLOAD:
-                    close_fds(fds)
-                    raise P.ProtocolError(f"bad header: request={request} flags={flags:#x} "
-                                          f"size={size}")
-                payload = await self._recv_exact(size) if size else b""
+                try:
+                    header = await self._recv_exact(P.HEADER.size, fds)
+                    request, flags, size = P.HEADER.unpack(header)
+                    if flags & 0x3 != P.VERSION or size > P.MAX_PAYLOAD:
+                        raise P.ProtocolError(f"bad header: request={request} "
+                                              f"flags={flags:#x} size={size}")
+                    payload = await self._recv_exact(size) if size else b""
+                except BaseException:
+                    close_fds(fds)  # a message cut short leaks nothing it brought along
+                    raise
                 await self._dispatch(request, flags, payload, fds)
         except (EOFError, ConnectionResetError, BrokenPipeError):
             self.log.info("frontend disconnected")
