@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .vhost.frontend import VhostUserFrontend
+
 
 class EfirdDaemon:
     def __init__(self, socket: Path, store: Path, *args: str, log_level: str = "debug") -> None:
@@ -79,3 +81,11 @@ class EfirdDaemon:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def attach(daemon: EfirdDaemon, timeout: float = 10.0) -> VhostUserFrontend:
+    """A Python vhost-user frontend connected to the daemon, brought up as QEMU does."""
+    front = VhostUserFrontend(timeout=timeout)
+    front.connect(daemon.socket)
+    front.handshake()
+    return front

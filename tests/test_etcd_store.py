@@ -40,6 +40,7 @@ from efird.store.open import StoreSpecError, open_etcd, open_store, parse_store_
 from efird.variables.model import Variable
 
 from .daemon import EfirdDaemon
+from .daemon import attach as attach_frontend
 from .etcd_cluster import EtcdCluster, free_ports
 from .vhost.frontend import VhostUserFrontend
 
@@ -70,10 +71,7 @@ def serve(work: Path, name: str, url: str, *extra: str) -> EfirdDaemon:
 
 
 def attach(daemon: EfirdDaemon) -> VhostUserFrontend:
-    front = VhostUserFrontend(timeout=15.0)
-    front.connect(daemon.socket)
-    front.handshake()
-    return front
+    return attach_frontend(daemon, timeout=15.0)
 
 
 def set_var(front: VhostUserFrontend, name: str, data: bytes, attributes: int = NV_BS_RT

@@ -22,7 +22,7 @@ from efird.efi import guid as g
 from efird.efi.status import Status
 from efird.store.sqlite import SqliteStore
 
-from .daemon import EfirdDaemon
+from .daemon import EfirdDaemon, attach
 from .vhost.frontend import VhostUserFrontend
 
 VENDOR = g.guid_bytes("9e1f0c2d-3a4b-4c5d-8e6f-7a8b9c0d1e2f")
@@ -46,13 +46,6 @@ def work() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="efird-io-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def attach(daemon: EfirdDaemon) -> VhostUserFrontend:
-    front = VhostUserFrontend(timeout=10.0)
-    front.connect(daemon.socket)
-    front.handshake()
-    return front
 
 
 def set_var(front: VhostUserFrontend, name: str, data: bytes) -> Status:

@@ -19,7 +19,7 @@ from efird.control.protocol import ControlError
 from efird.efi import guid as g
 from efird.efi.status import Status
 
-from .daemon import EfirdDaemon
+from .daemon import EfirdDaemon, attach
 from .vhost.frontend import VhostUserError, VhostUserFrontend
 
 VENDOR = g.guid_bytes("3b8f5c1e-2d4a-4c6b-9e7f-1a2b3c4d5e6f")
@@ -35,13 +35,6 @@ def work() -> Iterator[Path]:
 def start(work: Path, name: str, domain: str = "vm1") -> EfirdDaemon:
     return EfirdDaemon(work / f"{name}.sock", work / f"{name}.efivars", "--domain", domain,
                        "--control", str(work / f"{name}.ctl")).start()
-
-
-def attach(daemon: EfirdDaemon) -> VhostUserFrontend:
-    front = VhostUserFrontend(timeout=10.0)
-    front.connect(daemon.socket)
-    front.handshake()
-    return front
 
 
 def call(front: VhostUserFrontend, request: bytes) -> bytes:

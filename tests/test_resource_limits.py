@@ -25,7 +25,7 @@ from efird.variables.limits import Limits, WriteBudget
 from efird.variables.model import Variable
 
 from .conftest import open_domain
-from .daemon import EfirdDaemon
+from .daemon import EfirdDaemon, attach
 from .vhost.frontend import VhostUserFrontend
 
 VENDOR = g.guid_bytes("2f6e8a1c-4b3d-4a5e-9f7c-1d2e3f4a5b6c")
@@ -94,13 +94,6 @@ def work() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="efird-rl-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def attach(daemon: EfirdDaemon) -> VhostUserFrontend:
-    front = VhostUserFrontend(timeout=10.0)
-    front.connect(daemon.socket)
-    front.handshake()
-    return front
 
 
 def call(front: VhostUserFrontend, req: bytes, queue: int = 0) -> bytes:

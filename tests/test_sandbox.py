@@ -32,7 +32,7 @@ from efird.store.sqlite import SqliteStore
 
 from . import sbkeys
 from .cli import efird_vars
-from .daemon import EfirdDaemon
+from .daemon import EfirdDaemon, attach
 from .vhost.frontend import VhostUserFrontend
 
 ROOT = os.geteuid() == 0
@@ -346,13 +346,6 @@ print(json.dumps({k: v for k, v in missing.items() if v}))
 
 
 # -- the real daemon -----------------------------------------------------------------------
-
-def attach(daemon: EfirdDaemon) -> VhostUserFrontend:
-    front = VhostUserFrontend(timeout=10.0)
-    front.connect(daemon.socket)
-    front.handshake()
-    return front
-
 
 def call(front: VhostUserFrontend, request: bytes) -> bytes:
     return front.request(0, request, len(request))

@@ -18,7 +18,7 @@ from efird.efi import guid as g
 from efird.efi.status import Status
 
 from .cli import efird_vars
-from .daemon import EfirdDaemon
+from .daemon import EfirdDaemon, attach
 from .vhost.frontend import VhostUserFrontend
 
 VENDOR = "5c2d1b7e-8f3a-4e61-9d0c-2b4a6e8f1c3d"
@@ -34,13 +34,6 @@ def work() -> Iterator[Path]:
 
 def serve(work: Path, *extra: str) -> EfirdDaemon:
     return EfirdDaemon(work / "vm.sock", work / "vm.efivars", "--domain", "vm1", *extra)
-
-
-def attach(daemon: EfirdDaemon) -> VhostUserFrontend:
-    front = VhostUserFrontend(timeout=10.0)
-    front.connect(daemon.socket)
-    front.handshake()
-    return front
 
 
 def guest_get(front: VhostUserFrontend, name: str) -> tuple[Status, bytes]:
