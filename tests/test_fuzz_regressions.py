@@ -22,6 +22,7 @@ from efird.store.sqlite import SqliteStore
 from efird.variables.model import Variable
 from efird.vhost.memory import GuestMemory, map_region
 from efird.vhost.virtqueue import ChainError, Virtqueue
+from fuzz.harness.common import is_open
 from fuzz.harness.vhost import run_connection
 
 VENDOR = g.guid_bytes("3b9a5d7e-1c2f-4a6b-8d9e-0f1a2b3c4d5e")
@@ -269,14 +270,6 @@ def test_used_ring_overlapping_what_efird_reads_is_refused(used_at: int,
 
 
 # -- vhost: reported to the owner of efird/vhost/backend.py ---------------------------------
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
 def test_vhost_fds_of_an_unfinished_message_are_closed() -> None:
     # fuzz target vhost, input 00 00 04 00 ed 2f ed: a header announcing a payload that
     # never comes, with 4 fds; here SET_VRING_CALL announcing its 8 bytes, with 1 eventfd
@@ -284,9 +277,9 @@ def test_vhost_fds_of_an_unfinished_message_are_closed() -> None:
     stream = struct.pack("<III", 13, 1, 8)
     try:
         run_connection(stream, {0: [fd]})
-        assert not _is_open(fd), "the eventfd sent with the unfinished message is still open"
+        assert not is_open(fd), "the eventfd sent with the unfinished message is still open"
     finally:
-        if _is_open(fd):
+        if is_open(fd):
             os.close(fd)
 
 
@@ -295,4 +288,4 @@ def test_vhost_fds_of_a_refused_message_are_closed() -> None:
     fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     stream = struct.pack("<III", 13, 1, 8) + struct.pack("<Q", 5)
     run_connection(stream, {0: [fd]})
-    assert not _is_open(fd)
+    assert not is_open(fd)

@@ -33,6 +33,7 @@ from efird.cli.vars_common import (
     parse_guid,
     print_json,
     read_file,
+    value_from,
 )
 from efird.efi import guid as g
 from efird.efi.attributes import AP, NV, format_attributes, parse_attributes
@@ -319,15 +320,10 @@ def decode(v: Variable) -> Any:
     return None
 
 
-def value_of(args: argparse.Namespace) -> bytes:
-    if args.data is not None:
-        try:
-            return bytes.fromhex(args.data)
-        except ValueError:
-            raise CliError(EXIT_USAGE, "--data is not hex") from None
-    if args.data_file is not None:
-        return read_file(args.data_file, "--data-file")
-    return str(args.string).encode("utf-16-le") + b"\0\0"
+def _value(args: argparse.Namespace) -> bytes:
+    value = value_from(args.data, args.data_file, args.string)
+    assert value is not None  # argparse requires one of the three
+    return value
 
 
 def _set(target: Target, args: argparse.Namespace) -> int:
@@ -337,7 +333,8 @@ def _set(target: Target, args: argparse.Namespace) -> int:
         raise CliError(EXIT_USAGE, f"--attributes: {exc}") from None
     if args.vars_command == "append":
         attributes |= AP
-    check(target.set_variable(parse_guid(args.guid), args.name, attributes, value_of(args)),
+    check(target.set_variable(parse_guid(args.guid), args.name, attributes,
+                              _value(args)),
           args.name)
     return EXIT_OK
 

@@ -23,7 +23,7 @@ from efird.cli.vars_common import (
     check,
     command,
     print_json,
-    read_file,
+    value_from,
 )
 from efird.efi import guid as g
 from efird.efi.attributes import BS, NV, RT
@@ -190,19 +190,6 @@ def _list(target: Target, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _optional_data(args: argparse.Namespace) -> bytes:
-    if args.data is not None:
-        try:
-            return bytes.fromhex(args.data)
-        except ValueError:
-            raise CliError(EXIT_USAGE, "--data is not hex") from None
-    if args.data_file is not None:
-        return read_file(args.data_file, "--data-file")
-    if args.data_string is not None:
-        return str(args.data_string).encode("utf-16-le") + b"\0\0"
-    return b""
-
-
 def _add(target: Target, args: argparse.Namespace) -> int:
     from efird.efi import devicepath
     from efird.efi.loadoption import LOAD_OPTION_ACTIVE, LoadOption, boot_name
@@ -223,7 +210,7 @@ def _add(target: Target, args: argparse.Namespace) -> int:
             raise CliError(EXIT_USAGE, "every Boot#### number is taken")
         number = free[0]
     option = LoadOption(0 if args.inactive else LOAD_OPTION_ACTIVE, args.description, path,
-                        _optional_data(args))
+                        value_from(args.data, args.data_file, args.data_string) or b"")
     _put(target, boot_name(number), option.pack())
     order = [n for n in _u16_list(target, "BootOrder") or [] if n != number]
     order = [number, *order] if args.first else [*order, number]

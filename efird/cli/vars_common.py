@@ -67,6 +67,21 @@ def read_file(path: Path, flag: str) -> bytes:
         raise CliError(EXIT_USAGE, f"{flag} {path}: {exc.strerror}") from None
 
 
+def value_from(hex_text: str | None, file: Path | None, text: str | None) -> bytes | None:
+    """The bytes given as --data HEX, --data-file FILE or a UCS-2 string (+ NUL); None
+    when none of them was."""
+    if hex_text is not None:
+        try:
+            return bytes.fromhex(hex_text)
+        except ValueError:
+            raise CliError(EXIT_USAGE, "--data is not hex") from None
+    if file is not None:
+        return read_file(file, "--data-file")
+    if text is not None:
+        return text.encode("utf-16-le") + b"\0\0"
+    return None
+
+
 def check(status: Status, what: str) -> None:
     """A SetVariable outcome as the CLI's exit status (raises CliError unless SUCCESS)."""
     if status is Status.SUCCESS:

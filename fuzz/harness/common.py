@@ -60,7 +60,7 @@ class Reader:
         return self.take(self.left())
 
 
-def _is_open(fd: int) -> bool:
+def is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
     except OSError:
@@ -71,7 +71,7 @@ def _is_open(fd: int) -> bool:
 def open_fds() -> set[int]:
     """The process's open fds (the listing's own directory fd is closed by the time it is
     checked, so it is left out)."""
-    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if _is_open(fd)}
+    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if is_open(fd)}
 
 
 class KnownIssues:
