@@ -314,9 +314,23 @@ typedef struct {
 typedef struct {
     uint64_t Addr;
     uint64_t Size;
-    uint32_t Type; /* 1 RAM, 2 reserved, 3 ACPI, 4 NVS, 5 unusable, 6 disabled, 7 PMEM */
+    uint32_t Type; /* 1 RAM, 2 reserved, 3 ACPI, 4 NVS, 5 unusable, 6 disabled, 7 PMEM,
+                    * or one of efird's own region kinds below */
     uint32_t Reserved;
 } EFIRD_HVM_MEMMAP_ENTRY;
+
+/* Region kinds InitMemoryMap (and `efird serve --memmap`) accept beyond hvm_memmap's
+ * 1..7, for what only the EFI map can say; the EFI type and attributes they get are in
+ * PROTOCOL.md §5.1. A PVH shim reports its queue carrier's BAR as EFIRD_REGION_MMIO so
+ * that the runtime services can reach it after ExitBootServices. */
+#define EFIRD_REGION_MMIO 0x100u         /* EfiMemoryMappedIO, UC|RUNTIME */
+#define EFIRD_REGION_RUNTIME_CODE 0x101u /* EfiRuntimeServicesCode */
+#define EFIRD_REGION_RUNTIME_DATA 0x102u /* EfiRuntimeServicesData */
+#define EFIRD_REGION_BOOT_DATA 0x103u    /* EfiBootServicesData */
+#define EFIRD_REGION_BOOT_CODE 0x104u    /* EfiBootServicesCode */
+#define EFIRD_REGION_LOADER_CODE 0x105u  /* EfiLoaderCode */
+#define EFIRD_REGION_LOADER_DATA 0x106u  /* EfiLoaderData */
+#define EFIRD_REGION_MMIO_PORT 0x107u    /* EfiMemoryMappedIOPortSpace, UC|RUNTIME */
 
 /* Build the boot memory map from the guest's hvm_start_info memory map (what a PVH
  * shim has) when the toolstack gave efird none. */
