@@ -111,7 +111,7 @@ static EFIAPI EFI_STATUS exit_boot_services(EFI_HANDLE image, uint64_t key)
 
 /* ---- pool: a bump arena in EfiBootServicesData; FreePool returns the last block ------------ */
 static uint8_t *pool_base, *pool_top, *pool_end, *pool_last;
-#define POOL_PAGES 1024 /* 4 MiB */
+#define POOL_PAGES 256 /* 1 MiB; larger blocks get pages of their own */
 
 static EFIAPI EFI_STATUS allocate_pool(uint32_t type, uint64_t size, void **buffer)
 {

@@ -520,7 +520,8 @@ static EFIAPI EFI_STATUS set_virtual_address_map(uint64_t map_size, uint64_t des
     uint64_t lo = (uint64_t)(uintptr_t)__rt_start, hi = (uint64_t)(uintptr_t)__rt_end;
 #define MOVE(p) do { uint64_t v_ = (uint64_t)(uintptr_t)(p); \
         if (v_ >= lo && v_ < hi) (p) = (void *)(uintptr_t)(v_ + move); } while (0)
-    for (uint64_t i = 0; i < rt_systab.NumberOfTableEntries; i++) MOVE(rt_config[i].VendorTable);
+    /* The configuration tables' VendorTable pointers stay physical: an OS reads them as
+     * physical addresses, and a kexec'd kernel reads them again after this call. */
     MOVE(rt_systab.FirmwareVendor);
     MOVE(rt_systab.RuntimeServices);
     MOVE(rt_systab.ConfigurationTable);

@@ -1,0 +1,211 @@
+"""The seed made real: Debian's stock kernel boots through efird's PVH shim, with efird
+serving its EFI environment over vhost-user, under TCG.
+
+The guest's init (tests/guest/init.sh) mounts efivarfs, lists the variables, reads one the
+host set with `efird vars`, writes one, deletes one, reads SecureBoot, and kexecs into the
+same kernel, whose second run must still see efivarfs through the first kernel's runtime
+map. Every step prints a marker on the serial console; the test reads them, then checks
+with the CLI that the store holds exactly the guest's writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import sbkeys
+from .cli import efird_vars, raw_value
+from .daemon import EfirdDaemon
+from .guest import image
+from .guest.boot import GuestVM, short_socket
+
+pytestmark = pytest.mark.qemu
+
+VENDOR = "5e0c7c1a-34d5-4a7c-9e2e-8b1a6d7f0c11"
+GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+HOST_VAR, NEW_VAR, DEL_VAR = "EfirdHostVar", "EfirdGuestVar", "EfirdDeleteMe"
+HOST_DATA = "set on the host".encode("utf-16-le") + b"\0\0"
+NEW_DATA = bytes.fromhex("00c0ffee") + b"guest"
+BOOT_TIMEOUT = float(os.environ.get("EFIRD_BOOT_TIMEOUT", "900"))
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> tuple[image.GuestPackages, Path]:
+    pkgs = image.fetch_packages()
+    initrd = image.build_initramfs(pkgs, tmp_path_factory.mktemp("guest") / "initrd.cpio")
+    return pkgs, initrd
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "vm.efivars"
+    for name, data in ((HOST_VAR, HOST_DATA), (DEL_VAR, b"\x01")):
+        done = efird_vars(path, "set", name, "--guid", VENDOR, "--data", data.hex())
+        assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture
+def daemon(store: Path, tmp_path: Path) -> Iterator[EfirdDaemon]:
+    with EfirdDaemon(short_socket(tmp_path.name), store) as d:
+        yield d
+
+
+def listing(store: Path) -> dict[str, dict]:
+    """`efird vars list --json`, keyed by efivarfs file name."""
+    done = efird_vars(store, "list", "--json")
+    assert done.returncode == 0, done.stderr
+    return {f"{v['name']}-{v['guid']}": v for v in json.loads(done.stdout)["variables"]}
+
+
+def runtime_names(variables: dict[str, dict]) -> set[str]:
+    """What efivarfs shows: the variables with the RUNTIME_ACCESS attribute."""
+    return {name for name, v in variables.items() if v["attributes"] & 0x4}
+
+
+def boot(pkgs: image.GuestPackages, initrd: Path, daemon: EfirdDaemon, *, kexec: bool,
+         trypk: bool = False, options: str = "") -> tuple[GuestVM, list[image.Marker]]:
+    cmdline = image.kernel_cmdline(
+        hostvar=f"{HOST_VAR}-{VENDOR}", newvar=f"{NEW_VAR}-{VENDOR}", newdata=NEW_DATA,
+        delvar=f"{DEL_VAR}-{VENDOR}", kexec=kexec, trypk=trypk,
+        timeout=int(BOOT_TIMEOUT) - 60)
+    vm = GuestVM(kernel=pkgs.vmlinuz, initrd=initrd, cmdline=cmdline,
+                 efird_socket=daemon.socket, options=options, timeout=BOOT_TIMEOUT)
+    vm.run()
+    vm.cleanup()
+    return vm, image.parse_markers(vm.console.text)
+
+
+def by_step(markers: list[image.Marker], stage: int) -> dict[str, list[image.Marker]]:
+    out: dict[str, list[image.Marker]] = {}
+    for m in markers:
+        if m.stage == stage:
+            out.setdefault(m.step, []).append(m)
+    return out
+
+
+def passed(steps: dict[str, list[image.Marker]], step: str, log: str) -> dict[str, str]:
+    assert step in steps, f"no {step!r} marker; console tail:\n{log[-4000:]}"
+    (marker,) = [m for m in steps[step] if m.result != "INFO"] or steps[step]
+    assert marker.result == "PASS", f"{step}: {marker}\n{log[-4000:]}"
+    return marker.fields()
+
+
+def test_linux_boots_through_the_shim_efivarfs_and_kexec(
+        guest: tuple[image.GuestPackages, Path], store: Path, tmp_path: Path) -> None:
+    pkgs, initrd = guest
+    before = listing(store)
+    with EfirdDaemon(short_socket(tmp_path.name), store) as daemon:
+        vm, markers = boot(pkgs, initrd, daemon, kexec=True, options="selftest=100")
+        log = vm.console.text
+        assert vm.returncode == 0, f"QEMU did not power off ({vm.returncode}):\n{log[-4000:]}"
+        assert "efi: EFI v2.70 by efird" in log
+        assert daemon.stop() == 0
+    after = listing(store)
+
+    one = by_step(markers, 1)
+    assert passed(one, "mount", log)["kernel"] == pkgs.kernel_version
+    # 1. Every variable efird holds (that the OS may see at runtime) is in efivarfs.
+    seen = {m.details for m in one["list"] if m.result == "INFO"}
+    assert seen == runtime_names(before), log[-4000:]
+    assert passed(one, "list", log)["count"] == str(len(seen))
+    # 2. The host-set variable reads back byte for byte.
+    host = passed(one, "read-host", log)
+    assert bytes.fromhex(host["data"]) == HOST_DATA and int(host["attrs"], 16) == 7
+    # 3. A new variable and a deletion.
+    written = passed(one, "write", log)
+    assert bytes.fromhex(written["data"]) == NEW_DATA
+    passed(one, "delete", log)
+    # 4. SecureBoot reads as efird says (no PK: setup mode, Secure Boot off).
+    (sb,) = one["secureboot"]
+    assert sb.fields() == {"SecureBoot": "00", "SetupMode": "01"}, sb
+    # 5. kexec into the same kernel; the second kernel reuses the runtime map.
+    passed(one, "kexec-load", log)
+    two = by_step(markers, 2)
+    passed(two, "mount", log)
+    seen2 = {m.details for m in two["list"] if m.result == "INFO"}
+    assert seen2 == runtime_names(after), log[-4000:]
+    passed(two, "check-newvar", log)
+    passed(two, "check-delvar", log)
+    assert bytes.fromhex(passed(two, "read-host", log)["data"]) == HOST_DATA
+    # 6. Powered off after stage 2, with no failure in either stage.
+    passed(two, "done", log)
+    assert "FAIL" not in {m.result for m in markers}, [m for m in markers if m.result == "FAIL"]
+
+    # The host sees exactly the guest's writes.
+    new, gone = f"{NEW_VAR}-{VENDOR}", f"{DEL_VAR}-{VENDOR}"
+    assert set(after) - set(before) == {new}
+    assert set(before) - set(after) == {gone}
+    assert after[new]["attributes"] == 7
+    assert raw_value(store, NEW_VAR, VENDOR) == NEW_DATA
+    assert raw_value(store, HOST_VAR, VENDOR) == HOST_DATA
+    for name in set(before) & set(after):
+        assert before[name]["size"] == after[name]["size"], name
+    # The shim's self-test measured GetVariable from inside the guest.
+    assert "efird-shim: self-test: GetVariable(SecureBoot) x100" in log
+
+
+def test_secure_boot_store_guest_sees_it_and_cannot_replace_pk(
+        guest: tuple[image.GuestPackages, Path], store: Path, tmp_path: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Enrolled PK/KEK/db: the kernel sees SecureBoot=1 (and locks itself down, so no
+    kexec here), and an unsigned PK write from the guest is refused. This boot uses the
+    64-bit EFI handover entry."""
+    pkgs, initrd = guest
+    d = sbkeys.session_dir(tmp_path_factory)
+    keys = {n: sbkeys.make_keypair(d, f"boot-{n}", f"boot {n}") for n in ("pk", "kek", "db")}
+    done = efird_vars(store, "enroll", "--pk", str(keys["pk"].cert_pem_path),
+                      "--kek", str(keys["kek"].cert_pem_path),
+                      "--db", str(keys["db"].cert_pem_path))
+    assert done.returncode == 0, done.stderr
+    pk_before = raw_value(store, "PK", GLOBAL)
+    with EfirdDaemon(short_socket(tmp_path.name), store) as daemon:
+        vm, markers = boot(pkgs, initrd, daemon, kexec=False, trypk=True,
+                           options="entry=handover")
+        log = vm.console.text
+        assert vm.returncode == 0, f"QEMU did not power off cleanly:\n{log[-4000:]}"
+        assert daemon.stop() == 0
+    assert "64-bit EFI handover entry" in log
+    one = by_step(markers, 1)
+    assert passed(one, "mount", log)["lockdown"] != "none"
+    (sb,) = one["secureboot"]
+    assert sb.fields() == {"SecureBoot": "01", "SetupMode": "00"}, sb
+    passed(one, "pk-write", log)
+    passed(one, "write", log)  # ordinary variables still work
+    passed(one, "done", log)
+    assert raw_value(store, "PK", GLOBAL) == pk_before
+
+
+def test_shim_without_efird_stops_with_a_message(guest: tuple[image.GuestPackages, Path]
+                                                 ) -> None:
+    pkgs, _initrd = guest
+    vm = GuestVM(kernel=pkgs.vmlinuz, initrd=None, cmdline="console=ttyS0",
+                 efird_socket=None, timeout=120).run()
+    vm.cleanup()
+    log = vm.console.text
+    assert vm.returncode == 0, f"the shim did not power off ({vm.returncode}):\n{log}"
+    assert "efird-shim: FATAL: efird is not attached" in log, log
+    assert "entering the kernel" not in log
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"this is not a kernel\n" * 100, "not a PE/COFF file"),
+    (b"MZ" + b"\0" * 0x3a + (0x40).to_bytes(4, "little") + b"PE\0\0" + b"\x4c\x01" + b"\0" * 4000,
+     "not for x86-64"),
+])
+def test_shim_rejects_a_kernel_that_is_not_a_pe_image(
+        tmp_path: Path, store: Path, daemon: EfirdDaemon, content: bytes, message: str) -> None:
+    bad = tmp_path / "not-a-kernel"
+    bad.write_bytes(content)
+    vm = GuestVM(kernel=bad, initrd=None, cmdline="console=ttyS0",
+                 efird_socket=daemon.socket, timeout=120).run()
+    vm.cleanup()
+    log = vm.console.text
+    assert vm.returncode == 0, log
+    assert message in log and "FATAL" in log, log
+    # efird served the shim and is still serving.
+    assert daemon.proc is not None and daemon.proc.poll() is None
