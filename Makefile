@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps test lint check demo demo-call bench vectors fuzz clean
+.PHONY: setup system-deps test lint check demo demo-call demo-boot shim bench vectors fuzz clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py cext/build.py cext/*.c cext/*.h cext/*.cdef pr
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check efird tests cext scripts benchmarks
+	$(BIN)/ruff check efird tests cext scripts benchmarks fuzz
 	$(BIN)/mypy
 
 ## The test command (README, .ci/run): lint, types, then the whole suite.
@@ -29,6 +29,15 @@ test: lint
 ## The demo (README): efird attached to a real QEMU 10, driven like a booting guest.
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+## The seed, live: Debian's stock kernel boots through efird's PVH shim (protocols/shim)
+## under QEMU 10, efivarfs and kexec in the guest.
+demo-boot: setup shim
+	$(BIN)/python scripts/demo_boot.py
+
+## The PVH shim, built with the system gcc and ld.
+shim:
+	$(MAKE) -C protocols/shim OUT=$(CURDIR)/build/shim
 
 ## The variable service through `efird call`, with Secure Boot keys from openssl/efitools.
 demo-call: setup

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import cli, etcd, memmap, pagetable, variables, vhost
+from benchmarks import boot, cli, etcd, memmap, pagetable, variables, vhost
 from benchmarks.common import report
 from efird import log
 
@@ -12,7 +12,8 @@ from efird import log
 def main() -> None:
     log.configure("error", json=False)
     suites = {"variables": variables.run, "vhost": vhost.run, "memmap": memmap.run,
-              "pagetable": pagetable.run, "cli": cli.run, "etcd": etcd.run}
+              "pagetable": pagetable.run, "cli": cli.run, "etcd": etcd.run,
+              "boot": boot.run}
     unknown = set(sys.argv[1:]) - set(suites)
     if unknown:
         raise SystemExit(f"unknown benchmark suite(s): {', '.join(sorted(unknown))} "

@@ -39,6 +39,8 @@ class Domain:
         self.listeners: list[Listener] = []  # events for the toolstack (control socket)
         self.variables.on_security_violation = lambda guid, name: self.emit(
             "secure-boot-violation", name=name, guid=guid_str(guid))
+        self.bootmem.on_image_exit = lambda status, text: self.emit(
+            "boot-failed", status=f"{status:#x}", data=text)
         self.dispatcher = Dispatcher()
         d = self.dispatcher
         d.register(g.SMM_VARIABLE_PROTOCOL, SmmVariableHandler(self.variables),

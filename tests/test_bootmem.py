@@ -162,10 +162,13 @@ def test_init_memory_map_from_the_guests_hvm_memmap(tmp_path: Path) -> None:
     d.close()
 
 
-def test_exit_is_recorded(guest: Guest, domain: Domain) -> None:
+def test_exit_is_recorded_and_reported_to_the_toolstack(guest: Guest, domain: Domain) -> None:
+    events: list[tuple[str, dict]] = []
+    domain.listeners.append(lambda kind, data: events.append((kind, data)))
     data = "no kernel".encode("utf-16-le") + b"\0\0"
     assert c.return_status(guest.raw(c.exit_image(0x800000000000000E, data))) is S.SUCCESS
     assert domain.bootmem.exit_status == 0x800000000000000E
+    assert events == [("boot-failed", {"status": "0x800000000000000e", "data": "no kernel"})]
 
 
 def test_malformed_requests(guest: Guest) -> None:

@@ -10,7 +10,7 @@ write tables where the guest asked.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +62,8 @@ class BootMemoryService:
         self.has_map = False
         self.exited = False
         self.exit_status: int | None = None
+        #: called with (status, exit data as text) when the loaded image calls Exit
+        self.on_image_exit: Callable[[int, str], None] | None = None
         self.guest_memory: GuestMemoryView | None = None
         # kexec: the runtime regions as (type, phys, virt, pages, attribute) once the virtual
         # map is set, kept across soft resets; the guest's firmware table pointers.
@@ -241,8 +243,10 @@ class BootMemoryService:
     def exit(self, exit_status: int, exit_data: bytes) -> Status:
         """The loaded image gave up: recorded and reported to the toolstack."""
         self.exit_status = exit_status
-        log.error("guest image exited", exit_status=f"{exit_status:#x}",
-                  exit_data=exit_data[:256].decode("utf-16-le", errors="replace").rstrip("\0"))
+        text = exit_data[:512].decode("utf-16-le", errors="replace").split("\0")[0]
+        log.error("guest image exited", exit_status=f"{exit_status:#x}", exit_data=text)
+        if self.on_image_exit is not None:
+            self.on_image_exit(exit_status, text)
         return Status.SUCCESS
 
     # -- runtime ---------------------------------------------------------------------------

@@ -67,7 +67,7 @@ INTERNAL = "internal"            # the daemon failed unexpectedly answering the 
 
 #: Event kinds the daemon publishes; open-ended, subscribers must skip kinds they do not
 #: know. EVENTS_DROPPED is produced by the event bus itself.
-EVENT_KINDS = ("reset", "shutdown", "kexec", "wake", "secure-boot-violation", "exit",
+EVENT_KINDS = ("reset", "shutdown", "kexec", "wake", "secure-boot-violation", "boot-failed", "exit",
                "store-reloaded", "variables-changed", "stopping", "ownership-taken",
                "ownership-released", "ownership-lost")
 EVENTS_DROPPED = "events-dropped"

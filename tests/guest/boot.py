@@ -11,12 +11,13 @@ the boot benchmark measures.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,13 +64,19 @@ class GuestVM:
     def __init__(self, *, kernel: Path, initrd: Path | None, cmdline: str,
                  efird_socket: Path | None = None, options: str = "",
                  firmware: str = "shim", memory_mb: int = 1024, cpu: str = "max",
-                 extra_args: Sequence[str] = (), timeout: float = 600.0) -> None:
+                 extra_args: Sequence[str] = (), timeout: float = 600.0,
+                 on_line: Callable[[float, str], None] | None = None,
+                 trace_rng: bool = False, stop_at: str | None = None) -> None:
         if firmware not in ("shim", "ovmf"):
             raise ValueError("firmware is 'shim' or 'ovmf'")
         self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
         self.efird_socket, self.options, self.firmware = efird_socket, options, firmware
         self.memory_mb, self.cpu, self.extra_args = memory_mb, cpu, list(extra_args)
         self.timeout = timeout
+        self.on_line = on_line
+        self.trace_rng = trace_rng
+        self.stop_at = stop_at  # kill QEMU once a console line contains this
+        self.rng_requests: list[tuple[float, int]] = []  # (seconds, bytes) with trace_rng
         self.tmpdir = Path(tempfile.mkdtemp(prefix="efird-guest-"))
         self.console = Console()
         self.returncode: int | None = None
@@ -101,6 +108,11 @@ class GuestVM:
                      "-kernel", str(self.kernel), "-append", self.cmdline]
             if self.initrd is not None:
                 argv += ["-initrd", str(self.initrd)]
+        if self.trace_rng:
+            # A virtio-rng device and QEMU's trace of its requests: the kernel's EFI stub
+            # asks the firmware's EFI_RNG_PROTOCOL for its KASLR seed (8 bytes) first
+            # thing, which marks the stub's entry under OVMF from the host side.
+            argv += ["-device", "virtio-rng-pci,addr=0x4", "-trace", "virtio_rng_request"]
         if self.efird_socket is not None:
             argv += ["-chardev", f"socket,id=efird,path={self.efird_socket}",
                      "-device", "vhost-user-rng-pci,chardev=efird,addr=0x3"]
@@ -108,29 +120,46 @@ class GuestVM:
 
     def run(self) -> GuestVM:
         """Start QEMU, collect the console until it exits; kill it after the timeout."""
-        stderr_path = self.tmpdir / "qemu.stderr"
-        with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=err)
+        argv = self.command_line()
         t0 = time.monotonic()
-        assert proc.stdout is not None
-        stdout = proc.stdout
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        stdout, stderr = proc.stdout, proc.stderr
+        errors: list[str] = []
 
-        def reader() -> None:
+        def console() -> None:
             for raw in iter(stdout.readline, b""):
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                self.console.lines.append((time.monotonic() - t0, line))
+                now = time.monotonic() - t0
+                self.console.lines.append((now, line))
+                if self.on_line is not None:
+                    self.on_line(now, line)
+                if self.stop_at is not None and self.stop_at in line:
+                    proc.kill()
 
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
+        def diagnostics() -> None:
+            for raw in iter(stderr.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                now = time.monotonic() - t0
+                match = _RNG_TRACE.search(line)
+                if match:
+                    self.rng_requests.append((now, int(match[1])))
+                else:
+                    errors.append(line)
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (console, diagnostics)]
+        for thread in threads:
+            thread.start()
         try:
             self.returncode = proc.wait(self.timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
             self.returncode = None
-        thread.join(5)
-        self.stderr = stderr_path.read_text(errors="replace")
+        for thread in threads:
+            thread.join(5)
+        self.stderr = "\n".join(errors)
         return self
 
     def cleanup(self) -> None:
@@ -141,6 +170,9 @@ class GuestVM:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+_RNG_TRACE = re.compile(r"virtio_rng_request .*?: (\d+) bytes requested")
 
 
 def short_socket(tag: str) -> Path:
