@@ -20,7 +20,6 @@ import os
 import re
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.common import Figure
@@ -48,28 +47,32 @@ def run() -> list[Figure]:
     work = Path(tempfile.mkdtemp(prefix="efird-bench-boot-"))
     initrd = image.build_initramfs(pkgs, work / "initrd.cpio.gz")
     shim_entry, shim_ebs, shim_linux, ovmf_entry, ovmf_linux = [], [], [], [], []
-    with EfirdDaemon(Path("/tmp") / f"efird-bench-boot-{os.getpid()}.sock",
-                     work / "bench.efivars", log_level="warning") as daemon:
-        for _ in range(ROUNDS):
-            vm = _boot("shim", pkgs.vmlinuz, initrd, daemon.socket)
-            entry = vm.console.first("entering the kernel")
-            ebs = vm.console.first("ExitBootServices")
-            linux = vm.console.first("Linux version")
-            if entry is None or ebs is None or linux is None:
-                raise RuntimeError("shim boot incomplete:\n" + vm.console.text[-3000:])
-            shim_entry.append(entry * 1e3)
-            shim_ebs.append(ebs * 1e3)
-            shim_linux.append(linux * 1e3)
-            time.sleep(1)  # efird sees the VMM go and waits for the next one
-            vm = _boot("ovmf", pkgs.vmlinuz, initrd, None)
-            seed = [t for t, n in vm.rng_requests if n == 8]
-            linux = vm.console.first("Linux version")
-            if not seed or linux is None:
-                raise RuntimeError("OVMF boot incomplete:\n" + vm.console.text[-3000:])
-            ovmf_entry.append(seed[0] * 1e3)
-            ovmf_linux.append(linux * 1e3)
-        vm = _boot("shim", pkgs.vmlinuz, initrd, daemon.socket, options="selftest=500",
-                   stop_at="entering the kernel")
+
+    def shim_boot(n: int, **kw: str) -> GuestVM:
+        # A daemon per boot: a guest that went past ExitBootServices leaves efird in the
+        # runtime phase until ResetSystem, as a VM killed mid-run would.
+        with EfirdDaemon(Path("/tmp") / f"efird-bench-boot-{os.getpid()}-{n}.sock",
+                         work / f"bench-{n}.efivars", log_level="info") as daemon:
+            return _boot("shim", pkgs.vmlinuz, initrd, daemon.socket, **kw)
+
+    for n in range(ROUNDS):
+        vm = shim_boot(n)
+        entry = vm.console.first("entering the kernel")
+        ebs = vm.console.first("ExitBootServices")
+        linux = vm.console.first("Linux version")
+        if entry is None or ebs is None or linux is None:
+            raise RuntimeError("shim boot incomplete:\n" + vm.console.text[-3000:])
+        shim_entry.append(entry * 1e3)
+        shim_ebs.append(ebs * 1e3)
+        shim_linux.append(linux * 1e3)
+        vm = _boot("ovmf", pkgs.vmlinuz, initrd, None)
+        seed = [t for t, size in vm.rng_requests if size == 8]
+        linux = vm.console.first("Linux version")
+        if not seed or linux is None:
+            raise RuntimeError("OVMF boot incomplete:\n" + vm.console.text[-3000:])
+        ovmf_entry.append(seed[0] * 1e3)
+        ovmf_linux.append(linux * 1e3)
+    vm = shim_boot(ROUNDS, options="selftest=500", stop_at="entering the kernel")
     tests = {m[1]: float(m[2]) for m in SELFTEST.finditer(vm.console.text)}
     if "GetVariable(SecureBoot)" not in tests or "refused request (floor)" not in tests:
         raise RuntimeError("shim self-test missing:\n" + vm.console.text[-3000:])

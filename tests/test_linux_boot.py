@@ -100,7 +100,7 @@ def test_linux_boots_through_the_shim_efivarfs_and_kexec(
     pkgs, initrd = guest
     before = listing(store)
     with EfirdDaemon(short_socket(tmp_path.name), store) as daemon:
-        vm, markers = boot(pkgs, initrd, daemon, kexec=True, options="selftest=100")
+        vm, markers = boot(pkgs, initrd, daemon, kexec=True, options="torture=1,selftest=100")
         log = vm.console.text
         assert vm.returncode == 0, f"QEMU did not power off ({vm.returncode}):\n{log[-4000:]}"
         assert "efi: EFI v2.70 by efird" in log
@@ -146,7 +146,21 @@ def test_linux_boots_through_the_shim_efivarfs_and_kexec(
     for name in set(before) & set(after):
         assert before[name]["size"] == after[name]["size"], name
     # The shim's self-test measured GetVariable from inside the guest.
-    assert "efird-shim: self-test: GetVariable(SecureBoot) x100" in log
+    assert "efird-shim: self-test: GetVariable(SecureBoot) x100: status 0x0," in log
+    # Before all that, the shim played a hostile guest: efird refused or completed each
+    # bad request, broke only that queue, and served the shim again after a device reset.
+    torture = [line.split("torture: ", 1)[1] for line in log.splitlines() if "torture: " in line]
+    assert torture == [
+        "unknown handler GUID: efird refused the request (used length 0)",
+        "MessageLength past the buffer: refused (used length 0)",
+        "unknown variable function: status 0x8000000000000003",  # UNSUPPORTED
+        "GetVariable with NameSize+DataSize overflowing: status 0x800000000000000f",  # DENIED
+        "descriptor outside guest memory: completed empty (used length 0)",
+        "avail index 1000 entries ahead: efird did not answer in time",
+        "after a device reset, GetVariable(SetupMode): status 0x0 - efird still serving",
+    ], torture
+    assert any(e.get("event") == "virtqueue broken; needs a device reset"
+               for e in daemon.lines())
 
 
 def test_secure_boot_store_guest_sees_it_and_cannot_replace_pk(

@@ -206,6 +206,46 @@ static void self_test(uint32_t n)
     report_samples(transport ? "refused request (floor)" : "unknown GUID answered?!", t, n, s);
 }
 
+/* Shim option torture=1: act as a hostile guest for a moment — garbage envelopes, a
+ * chain pointing outside guest memory, a corrupted avail index — and show that efird
+ * answers each with an error (or completes it empty), keeps serving, and that the shim
+ * gets its queue back with a device reset. */
+static void torture(void)
+{
+    static const EFI_GUID unknown = GUID(0xdeadbeef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+    uint32_t used = 0;
+    int t = 0;
+    EFI_STATUS s;
+    uint64_t buf = (uint64_t)(uintptr_t)rt_buffer; /* identity-mapped at boot */
+
+    s = rt_service(&unknown, 1, 64, &t);
+    printf("efird-shim: torture: unknown handler GUID: %s\n", t ? rt_device_error(t) : "answered?!");
+    memcpy(rt_buffer, &g_var, 16);
+    uint64_t huge = 1ull << 40;
+    memcpy(rt_buffer + 16, &huge, 8); /* MessageLength far past the buffer */
+    t = rt_send_raw(buf, 64, 0, 2000, &used);
+    printf("efird-shim: torture: MessageLength past the buffer: %s\n",
+           t ? rt_device_error(t) : used ? "answered?!" : "refused (used length 0)");
+    s = rt_service(&g_var, 99, 64, &t);
+    printf("efird-shim: torture: unknown variable function: status 0x%lx\n", s);
+    SMM_VARIABLE_COMMUNICATE_ACCESS_VARIABLE av = { EFI_GLOBAL_VARIABLE_GUID, 4, ~0ull - 3, 0 };
+    memcpy(rt_buffer + DATA_AT, &av, 36);
+    s = rt_service(&g_var, SMM_VARIABLE_FUNCTION_GET_VARIABLE, 64, &t);
+    printf("efird-shim: torture: GetVariable with NameSize+DataSize overflowing: status 0x%lx\n", s);
+    t = rt_send_raw(0xfffffff00000ull, 4096, 0, 2000, &used);
+    printf("efird-shim: torture: descriptor outside guest memory: %s\n",
+           t ? rt_device_error(t) : used ? "answered?!" : "completed empty (used length 0)");
+    t = rt_send_raw(buf, 64, 1000, 2000, &used);
+    printf("efird-shim: torture: avail index 1000 entries ahead: %s\n",
+           t ? rt_device_error(t) : "answered?!");
+    uint8_t data[8];
+    uint64_t size = sizeof(data);
+    EFI_GUID gv = EFI_GLOBAL_VARIABLE_GUID;
+    s = ((get_variable_t)rt_runtime.Slot[RT_GET_VARIABLE])(u"SetupMode", &gv, 0, &size, data);
+    printf("efird-shim: torture: after a device reset, GetVariable(SetupMode): status 0x%lx%s\n",
+           s, s == EFI_SUCCESS ? " - efird still serving" : "");
+}
+
 static void handover(struct boot_image *img, EFI_SYSTEM_TABLE *st, uint16_t rd_sel, uint32_t rd_size)
 {
     const uint8_t *f = img->file;
@@ -363,6 +403,7 @@ void shim_main(struct hvm_start_info *si)
     bs_init(st, load_options, (nopt + 1) * 2, &img, rsel, rsize);
     rt_table_crc(&st->Hdr, sizeof(*st));
 
+    if (option_u("torture", 0)) torture();
     uint64_t selftest = option_u("selftest", 0);
     if (selftest) self_test((uint32_t)selftest);
 

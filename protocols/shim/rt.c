@@ -245,6 +245,43 @@ static int transact(uint32_t len, uint32_t *used_len)
     return 0;
 }
 
+/* For the shim's torture test only: publish one chain the way a buggy or hostile guest
+ * might — any buffer address and length, and avail->idx advanced by 1 + `skip`. Waits up
+ * to `ms` for the used ring; then the device counts as needing a reset (the next request
+ * configures it again). Returns 0 and the used length, or a negative reason. */
+int rt_send_raw(uint64_t addr, uint32_t len, uint16_t skip, uint32_t ms, uint32_t *used_len)
+{
+    if (!rt.ready || cc_r8(CC_STATUS) != RUNNING) {
+        int r = device_start();
+        if (r) return r;
+    }
+    uint16_t head = (uint16_t)((rt.avail_idx * 2) % rt.qsize);
+    uint16_t second = (uint16_t)((head + 1) % rt.qsize);
+    ring.desc[head] = (struct vring_desc){ addr, len, VQ_DESC_F_NEXT, second };
+    ring.desc[second] = (struct vring_desc){ addr, len, VQ_DESC_F_WRITE, 0 };
+    ring.avail.ring[rt.avail_idx % rt.qsize] = head;
+    mb();
+    rt.avail_idx = (uint16_t)(rt.avail_idx + 1 + skip);
+    ring.avail.idx = rt.avail_idx;
+    mb();
+    cc_w16(CC_Q_SELECT, 0);
+    *(volatile uint16_t *)(rt.bar + rt.dev.notify_off +
+                           (uint32_t)cc_r16(CC_Q_NOFF) * rt.dev.notify_mult) = 0;
+    uint64_t t0 = rdtsc();
+    while (*(volatile uint16_t *)&ring.used.idx == rt.last_used) {
+        if (rdtsc() - t0 > rt.tsc_per_ms * ms) {
+            rt.ready = 0;
+            return E_TIMEOUT;
+        }
+        cpu_relax();
+    }
+    mb();
+    *used_len = ring.used.ring[rt.last_used % rt.qsize].len;
+    rt.last_used++;
+    if (skip) rt.ready = 0; /* the ring indices no longer agree: start afresh */
+    return 0;
+}
+
 EFI_STATUS rt_service(const EFI_GUID *guid, uint64_t function, uint64_t data_len,
                       int *transport)
 {
