@@ -344,9 +344,7 @@ void shim_main(struct hvm_start_info *si)
         if (bs_allocate_pages(AllocateMaxAddress, EfiBootServicesData, pages, &base))
             panic("no memory for page tables");
         EFIRD_BUILD_PAGE_TABLES pt = { base, pages * PAGE_SIZE, 4, flags, 0, 0 };
-        memcpy(rt_buffer + DATA_AT, &pt, sizeof(pt));
-        s = rt_service(&g_mem, EFIRD_BOOTMEM_BUILD_PAGE_TABLES, sizeof(pt), 0);
-        memcpy(&pt, rt_buffer + DATA_AT, sizeof(pt));
+        s = rt_call(&g_mem, EFIRD_BOOTMEM_BUILD_PAGE_TABLES, &pt, sizeof(pt));
         if (s == EFI_SUCCESS) {
             __asm__ volatile("mov %0, %%cr3" ::"r"(pt.Cr3) : "memory");
             printf("efird-shim: memory map of %d regions; page tables from efird (%lu bytes), CR3 0x%lx\n",
@@ -393,8 +391,7 @@ void shim_main(struct hvm_start_info *si)
     st->NumberOfTableEntries = (uint64_t)n;
 
     EFIRD_FIRMWARE_TABLES ft = { (uint64_t)(uintptr_t)rt_vendor, (uint64_t)(uintptr_t)rt_config, smbios, 0 };
-    memcpy(rt_buffer + DATA_AT, &ft, sizeof(ft));
-    s = rt_service(&g_kexec, EFIRD_KEXEC_SET_FIRMWARE_TABLES, sizeof(ft), 0);
+    s = rt_call(&g_kexec, EFIRD_KEXEC_SET_FIRMWARE_TABLES, &ft, sizeof(ft));
     if (s) printf("efird-shim: warning: SetFirmwareTables: 0x%lx\n", s);
 
     uint32_t nopt = 0;

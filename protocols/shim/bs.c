@@ -39,20 +39,15 @@ static int guid_eq(const EFI_GUID *a, const EFI_GUID *b) { return !memcmp(a, b, 
 EFI_STATUS bs_allocate_pages(uint32_t type, uint32_t mtype, uint64_t pages, uint64_t *addr)
 {
     EFIRD_ALLOCATE_PAGES a = { type, mtype, pages, *addr };
-    memcpy(rt_buffer + DATA_AT, &a, sizeof(a));
-    EFI_STATUS s = rt_service(&g_mem, EFIRD_BOOTMEM_ALLOCATE_PAGES, sizeof(a), 0);
-    if (s == EFI_SUCCESS) {
-        memcpy(&a, rt_buffer + DATA_AT, sizeof(a));
-        *addr = a.Memory;
-    }
+    EFI_STATUS s = rt_call(&g_mem, EFIRD_BOOTMEM_ALLOCATE_PAGES, &a, sizeof(a));
+    if (s == EFI_SUCCESS) *addr = a.Memory;
     return s;
 }
 
 EFI_STATUS bs_free_pages(uint64_t addr, uint64_t pages)
 {
     EFIRD_FREE_PAGES f = { addr, pages };
-    memcpy(rt_buffer + DATA_AT, &f, sizeof(f));
-    return rt_service(&g_mem, EFIRD_BOOTMEM_FREE_PAGES, sizeof(f), 0);
+    return rt_call(&g_mem, EFIRD_BOOTMEM_FREE_PAGES, &f, sizeof(f));
 }
 
 static EFIAPI EFI_STATUS allocate_pages(uint32_t type, uint32_t mtype, uint64_t pages, uint64_t *memory)
@@ -93,8 +88,7 @@ static EFIAPI EFI_STATUS exit_boot_services(EFI_HANDLE image, uint64_t key)
     (void)image;
     if (exited) return EFI_SUCCESS;
     EFIRD_EXIT_BOOT_SERVICES e = { key };
-    memcpy(rt_buffer + DATA_AT, &e, sizeof(e));
-    EFI_STATUS s = rt_service(&g_mem, EFIRD_BOOTMEM_EXIT_BOOT_SERVICES, sizeof(e), 0);
+    EFI_STATUS s = rt_call(&g_mem, EFIRD_BOOTMEM_EXIT_BOOT_SERVICES, &e, sizeof(e));
     if (s != EFI_SUCCESS) return s;
     g_ebs_tsc = rdtsc();
     exited = 1;

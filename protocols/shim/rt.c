@@ -212,25 +212,33 @@ int rt_device_init(const struct rt_device *dev, uint64_t tsc_per_ms)
     return device_start();
 }
 
-static int transact(uint32_t len, uint32_t *used_len)
+static int ensure_running(void)
 {
-    if (!rt.ready || cc_r8(CC_STATUS) != RUNNING) {
-        int r = device_start();
-        if (r) return r;
-    }
+    if (rt.ready && cc_r8(CC_STATUS) == RUNNING) return 0;
+    return device_start();
+}
+
+/* One chain: `addr`/`len` readable, then the same range writable; avail->idx moves by
+ * 1 + skip (skip is only ever non-zero in the torture test). */
+static void publish(uint64_t addr, uint32_t len, uint16_t skip)
+{
     uint16_t head = (uint16_t)((rt.avail_idx * 2) % rt.qsize);
     uint16_t second = (uint16_t)((head + 1) % rt.qsize);
-    ring.desc[head] = (struct vring_desc){ phys(rt_buffer), len, VQ_DESC_F_NEXT, second };
-    ring.desc[second] = (struct vring_desc){ phys(rt_buffer), len, VQ_DESC_F_WRITE, 0 };
+    ring.desc[head] = (struct vring_desc){ addr, len, VQ_DESC_F_NEXT, second };
+    ring.desc[second] = (struct vring_desc){ addr, len, VQ_DESC_F_WRITE, 0 };
     ring.avail.ring[rt.avail_idx % rt.qsize] = head;
     mb();
-    ring.avail.idx = ++rt.avail_idx;
+    rt.avail_idx = (uint16_t)(rt.avail_idx + 1 + skip);
+    ring.avail.idx = rt.avail_idx;
     mb();
-    uint8_t *notify = rt.bar + rt.dev.notify_off;
     cc_w16(CC_Q_SELECT, 0);
-    notify += (uint32_t)cc_r16(CC_Q_NOFF) * rt.dev.notify_mult;
-    *(volatile uint16_t *)notify = 0;
-    uint64_t t0 = rdtsc(), limit = rt.tsc_per_ms * 10000; /* 10 s */
+    *(volatile uint16_t *)(rt.bar + rt.dev.notify_off +
+                           (uint32_t)cc_r16(CC_Q_NOFF) * rt.dev.notify_mult) = 0;
+}
+
+static int wait_used(uint64_t ms, uint32_t *used_len)
+{
+    uint64_t t0 = rdtsc(), limit = rt.tsc_per_ms * ms;
     while (*(volatile uint16_t *)&ring.used.idx == rt.last_used) {
         if (rdtsc() - t0 > limit) {
             rt.ready = 0; /* the request may still land: reset before the next one */
@@ -245,41 +253,26 @@ static int transact(uint32_t len, uint32_t *used_len)
     return 0;
 }
 
+static int transact(uint32_t len, uint32_t *used_len)
+{
+    int r = ensure_running();
+    if (r) return r;
+    publish(phys(rt_buffer), len, 0);
+    return wait_used(10000, used_len);
+}
+
 /* For the shim's torture test only: publish one chain the way a buggy or hostile guest
  * might — any buffer address and length, and avail->idx advanced by 1 + `skip`. Waits up
  * to `ms` for the used ring; then the device counts as needing a reset (the next request
  * configures it again). Returns 0 and the used length, or a negative reason. */
 int rt_send_raw(uint64_t addr, uint32_t len, uint16_t skip, uint32_t ms, uint32_t *used_len)
 {
-    if (!rt.ready || cc_r8(CC_STATUS) != RUNNING) {
-        int r = device_start();
-        if (r) return r;
-    }
-    uint16_t head = (uint16_t)((rt.avail_idx * 2) % rt.qsize);
-    uint16_t second = (uint16_t)((head + 1) % rt.qsize);
-    ring.desc[head] = (struct vring_desc){ addr, len, VQ_DESC_F_NEXT, second };
-    ring.desc[second] = (struct vring_desc){ addr, len, VQ_DESC_F_WRITE, 0 };
-    ring.avail.ring[rt.avail_idx % rt.qsize] = head;
-    mb();
-    rt.avail_idx = (uint16_t)(rt.avail_idx + 1 + skip);
-    ring.avail.idx = rt.avail_idx;
-    mb();
-    cc_w16(CC_Q_SELECT, 0);
-    *(volatile uint16_t *)(rt.bar + rt.dev.notify_off +
-                           (uint32_t)cc_r16(CC_Q_NOFF) * rt.dev.notify_mult) = 0;
-    uint64_t t0 = rdtsc();
-    while (*(volatile uint16_t *)&ring.used.idx == rt.last_used) {
-        if (rdtsc() - t0 > rt.tsc_per_ms * ms) {
-            rt.ready = 0;
-            return E_TIMEOUT;
-        }
-        cpu_relax();
-    }
-    mb();
-    *used_len = ring.used.ring[rt.last_used % rt.qsize].len;
-    rt.last_used++;
+    int r = ensure_running();
+    if (r) return r;
+    publish(addr, len, skip);
+    r = wait_used(ms, used_len);
     if (skip) rt.ready = 0; /* the ring indices no longer agree: start afresh */
-    return 0;
+    return r;
 }
 
 EFI_STATUS rt_service(const EFI_GUID *guid, uint64_t function, uint64_t data_len,
@@ -303,6 +296,14 @@ EFI_STATUS rt_service(const EFI_GUID *guid, uint64_t function, uint64_t data_len
 }
 
 uint64_t rt_call_count(void) { return rt.calls; }
+
+EFI_STATUS rt_call(const EFI_GUID *guid, uint64_t function, void *data, uint64_t size)
+{
+    memcpy(rt_buffer + DATA_AT, data, size);
+    EFI_STATUS s = rt_service(guid, function, size, 0);
+    memcpy(data, rt_buffer + DATA_AT, size);
+    return s;
+}
 
 /* ---- power ----------------------------------------------------------------------------- */
 void rt_set_power(uint16_t pm1a_cnt, uint16_t slp_typ_s5)
@@ -414,10 +415,8 @@ static EFIAPI EFI_STATUS query_variable_info(uint32_t attributes, uint64_t *max_
 {
     if (!max_storage || !remaining || !max_size) return EFI_INVALID_PARAMETER;
     SMM_VARIABLE_COMMUNICATE_QUERY_VARIABLE_INFO q = { 0, 0, 0, attributes };
-    memcpy(rt_buffer + DATA_AT, &q, sizeof(q));
-    EFI_STATUS s = rt_service(&g_var, SMM_VARIABLE_FUNCTION_QUERY_VARIABLE_INFO, sizeof(q), 0);
+    EFI_STATUS s = rt_call(&g_var, SMM_VARIABLE_FUNCTION_QUERY_VARIABLE_INFO, &q, sizeof(q));
     if (s == EFI_SUCCESS) {
-        memcpy(&q, rt_buffer + DATA_AT, sizeof(q));
         *max_storage = q.MaximumVariableStorageSize;
         *remaining = q.RemainingVariableStorageSize;
         *max_size = q.MaximumVariableSize;
@@ -430,10 +429,8 @@ static EFIAPI EFI_STATUS get_time(EFI_TIME *time, void *caps)
     if (!time) return EFI_INVALID_PARAMETER;
     EFIRD_TIME_ACCESS a;
     memset(&a, 0, sizeof(a));
-    memcpy(rt_buffer + DATA_AT, &a, sizeof(a));
-    EFI_STATUS s = rt_service(&g_time, EFIRD_TIME_GET_TIME, sizeof(a), 0);
+    EFI_STATUS s = rt_call(&g_time, EFIRD_TIME_GET_TIME, &a, sizeof(a));
     if (s == EFI_SUCCESS) {
-        memcpy(&a, rt_buffer + DATA_AT, sizeof(a));
         *time = a.Time;
         if (caps) memcpy(caps, &a.Resolution, 9); /* EFI_TIME_CAPABILITIES */
     }
@@ -446,8 +443,7 @@ static EFIAPI EFI_STATUS set_time(EFI_TIME *time)
     EFIRD_TIME_ACCESS a;
     memset(&a, 0, sizeof(a));
     a.Time = *time;
-    memcpy(rt_buffer + DATA_AT, &a, sizeof(a));
-    return rt_service(&g_time, EFIRD_TIME_SET_TIME, sizeof(a), 0);
+    return rt_call(&g_time, EFIRD_TIME_SET_TIME, &a, sizeof(a));
 }
 
 static EFIAPI EFI_STATUS get_wakeup_time(uint8_t *enabled, uint8_t *pending, EFI_TIME *time)
@@ -455,10 +451,8 @@ static EFIAPI EFI_STATUS get_wakeup_time(uint8_t *enabled, uint8_t *pending, EFI
     if (!enabled || !pending || !time) return EFI_INVALID_PARAMETER;
     EFIRD_WAKEUP_ACCESS w;
     memset(&w, 0, sizeof(w));
-    memcpy(rt_buffer + DATA_AT, &w, sizeof(w));
-    EFI_STATUS s = rt_service(&g_time, EFIRD_TIME_GET_WAKEUP_TIME, sizeof(w), 0);
+    EFI_STATUS s = rt_call(&g_time, EFIRD_TIME_GET_WAKEUP_TIME, &w, sizeof(w));
     if (s == EFI_SUCCESS) {
-        memcpy(&w, rt_buffer + DATA_AT, sizeof(w));
         *enabled = w.Enabled;
         *pending = w.Pending;
         *time = w.Time;
@@ -473,18 +467,15 @@ static EFIAPI EFI_STATUS set_wakeup_time(uint8_t enable, EFI_TIME *time)
     memset(&w, 0, sizeof(w));
     w.Enabled = enable;
     if (time) w.Time = *time;
-    memcpy(rt_buffer + DATA_AT, &w, sizeof(w));
-    return rt_service(&g_time, EFIRD_TIME_SET_WAKEUP_TIME, sizeof(w), 0);
+    return rt_call(&g_time, EFIRD_TIME_SET_WAKEUP_TIME, &w, sizeof(w));
 }
 
 static EFIAPI EFI_STATUS get_next_high_monotonic_count(uint32_t *high)
 {
     if (!high) return EFI_INVALID_PARAMETER;
     EFIRD_MONOTONIC_COUNT c = { 0, 0 };
-    memcpy(rt_buffer + DATA_AT, &c, sizeof(c));
-    EFI_STATUS s = rt_service(&g_time, EFIRD_TIME_GET_NEXT_HIGH_MONOTONIC_COUNT, sizeof(c), 0);
+    EFI_STATUS s = rt_call(&g_time, EFIRD_TIME_GET_NEXT_HIGH_MONOTONIC_COUNT, &c, sizeof(c));
     if (s == EFI_SUCCESS) {
-        memcpy(&c, rt_buffer + DATA_AT, sizeof(c));
         *high = c.HighCount;
     }
     return s;
@@ -518,10 +509,8 @@ static EFIAPI EFI_STATUS convert_pointer(uint64_t disposition, void **address)
 {
     if (!address) return EFI_INVALID_PARAMETER;
     EFIRD_CONVERT_POINTER c = { disposition, (uint64_t)(uintptr_t)*address };
-    memcpy(rt_buffer + DATA_AT, &c, sizeof(c));
-    EFI_STATUS s = rt_service(&g_mem, EFIRD_BOOTMEM_CONVERT_POINTER, sizeof(c), 0);
+    EFI_STATUS s = rt_call(&g_mem, EFIRD_BOOTMEM_CONVERT_POINTER, &c, sizeof(c));
     if (s == EFI_SUCCESS) {
-        memcpy(&c, rt_buffer + DATA_AT, sizeof(c));
         *address = (void *)(uintptr_t)c.Address;
     }
     return s;

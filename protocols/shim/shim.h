@@ -61,6 +61,8 @@ const char *rt_device_error(int reason);
  * EFI_TIMEOUT when the transport failed (the reason in *transport when not NULL). */
 EFI_STATUS rt_service(const EFI_GUID *guid, uint64_t function, uint64_t data_len,
                       int *transport);
+/* rt_service with a fixed-size function struct: copied in, and back out afterwards. */
+EFI_STATUS rt_call(const EFI_GUID *guid, uint64_t function, void *data, uint64_t size);
 int rt_send_raw(uint64_t addr, uint32_t len, uint16_t skip, uint32_t ms, uint32_t *used_len);
 void rt_set_power(uint16_t pm1a_cnt, uint16_t slp_typ_s5);
 void rt_power_off(void) __attribute__((noreturn));
