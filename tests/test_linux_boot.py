@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,3 +224,46 @@ def test_shim_rejects_a_kernel_that_is_not_a_pe_image(
     assert message in log and "FATAL" in log, log
     # efird served the shim and is still serving.
     assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def exiting_efi_app(status: int, message: str) -> bytes:
+    """A minimal PE32+ EFI application (built here, byte by byte) whose entry point calls
+    BootServices->Exit(ImageHandle, status, sizeof message, message)."""
+    text = "\0".join([message, ""]).encode("utf-16-le")
+    code = bytearray()
+    code += b"\x48\x8b\x42\x60"                    # mov rax, [rdx+0x60]: BootServices
+    code += b"\x48\x83\xec\x28"                    # sub rsp, 0x28: shadow space
+    code += b"\x48\xba" + status.to_bytes(8, "little")  # mov rdx, status
+    code += b"\x41\xb8" + len(text).to_bytes(4, "little")  # mov r8d, ExitDataSize
+    lea_at = len(code)
+    code += b"\x4c\x8d\x0d\0\0\0\0"                # lea r9, [rip+message]
+    code += b"\xff\x90\xd8\x00\x00\x00"            # call [rax+0xd8]      (BootServices->Exit)
+    code += b"\xf4\xeb\xfd"                        # hlt; jmp hlt
+    code[lea_at + 3: lea_at + 7] = (len(code) - (lea_at + 7)).to_bytes(4, "little")
+    code += text
+    section = bytes(code).ljust(0x200, b"\0")
+    opt = bytearray(240)
+    struct.pack_into("<HBBIIIIIQIIHHHHHHIIIIHHQQQQII", opt, 0, 0x20B, 0, 0, len(section), 0, 0,
+                     0x1000, 0x1000, 0, 0x1000, 0x200, 0, 0, 0, 0, 0, 0, 0, 0x2000, 0x200, 0,
+                     10, 0, 0x100000, 0x1000, 0x100000, 0x1000, 0, 16)
+    coff = struct.pack("<HHIIIHH", 0x8664, 1, 0, 0, 0, len(opt), 0x22)
+    sec = struct.pack("<8sIIIIIIHHI", b".text", len(code), 0x1000, 0x200, 0x200, 0, 0, 0, 0,
+                      0x60000020)
+    headers = (b"MZ" + bytes(0x3A) + struct.pack("<I", 0x40) + b"PE\0\0" + coff + bytes(opt)
+               + sec).ljust(0x200, b"\0")
+    return headers + section
+
+
+def test_an_image_that_calls_exit_is_reported_to_the_toolstack(
+        tmp_path: Path, store: Path, daemon: EfirdDaemon) -> None:
+    app = tmp_path / "exit.efi"
+    app.write_bytes(exiting_efi_app(0x8000000000000001, "no root device"))
+    vm = GuestVM(kernel=app, initrd=None, cmdline="", efird_socket=daemon.socket,
+                 timeout=120).run()
+    vm.cleanup()
+    log = vm.console.text
+    assert vm.returncode == 0, log
+    assert "the kernel image exited with status 0x8000000000000001: no root device" in log, log
+    assert "boot failed (reported to efird)" in log
+    (event,) = [e for e in daemon.events("event") if e.get("kind") == "boot-failed"]
+    assert event["status"] == "0x8000000000000001" and event["data"] == "no root device"
