@@ -105,6 +105,7 @@ class DomainControl:
                           "ready_to_boot": v.phase.ready_to_boot,
                           "runtime": v.phase.at_runtime},
                 "boot_memory": self.domain.bootmem.export_state(),
+                # offset_ns is a JSON integer of any size: up to ~8,100 years of ns
                 "clock": {"offset_ns": self.domain.time.offset_ns,
                           "zone": self.domain.time.zone,
                           "daylight": self.domain.time.daylight,
@@ -152,7 +153,7 @@ class DomainControl:
             clock_state = ClockState(int(clock["offset_ns"]), int(clock["zone"]),
                                      int(clock["daylight"]), int(clock["monotonic_high"]),
                                      bool(enabled), bool(pending), bytes.fromhex(alarm))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # JSON has Infinity
             raise ControlError("bad-state", f"malformed state: {exc}") from None
         if any(x.attributes & NV for x in volatile):
             raise ControlError("bad-state", "a non-volatile variable in the volatile state")

@@ -7,12 +7,15 @@ loops, readable before writable, at most one level of indirection, bounded lengt
 
 Memory ordering: efird reads avail->idx before the ring entries and descriptors it
 covers, and writes used ring entries before used->idx. On x86 (TSO) program order is
-that order; the Python interpreter performs each mmap access as one load or store.
+that order. The two indices efird writes while the driver may be reading them, used->idx
+and avail_event, are each one 16-bit store (`_Index`): struct.pack_into clears a field
+before it fills it in, so a driver polling used->idx would now and then see 0 there.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 
 from efird.vhost.memory import GuestMemory, GuestMemoryError
@@ -47,6 +50,24 @@ class Chain:
         return sum(n for _, n in self.writable)
 
 
+class _Index:
+    """A little-endian 16-bit ring index in guest memory, written with one aligned store
+    (a memoryview item assignment is a single native access), so that the other side
+    only ever sees the old value or the new one."""
+
+    __slots__ = ("_cell",)
+    _SWAP = sys.byteorder != "little"
+
+    def __init__(self, ring: memoryview, offset: int) -> None:
+        self._cell = ring[offset : offset + 2].cast("H")
+
+    def store(self, value: int) -> None:
+        self._cell[0] = ((value & 0xFF) << 8 | value >> 8) if self._SWAP else value
+
+    def release(self) -> None:
+        self._cell.release()
+
+
 def need_event(event: int, new: int, old: int) -> bool:
     """virtio's vring_need_event, in 16-bit arithmetic."""
     return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
@@ -70,6 +91,8 @@ class Virtqueue:
         self._desc: memoryview | None = None
         self._avail: memoryview | None = None
         self._used: memoryview | None = None
+        self._used_idx_field: _Index | None = None  # used->idx
+        self._avail_event_field: _Index | None = None  # used ring's avail_event (EVENT_IDX)
 
     # -- set-up --------------------------------------------------------------------
     def set_num(self, num: int) -> None:
@@ -84,6 +107,10 @@ class Virtqueue:
         self._generation = -1
 
     def drop_views(self) -> None:
+        for index in (self._used_idx_field, self._avail_event_field):
+            if index is not None:
+                index.release()
+        self._used_idx_field = self._avail_event_field = None
         for v in (self._desc, self._avail, self._used):
             if v is not None:
                 v.release()
@@ -100,6 +127,8 @@ class Virtqueue:
             self._desc = self.memory.uva_view(self.desc_uva, DESC_SIZE * n)
             self._avail = self.memory.uva_view(self.avail_uva, 6 + 2 * n)
             self._used = self.memory.uva_view(self.used_uva, 6 + 8 * n)
+            self._used_idx_field = _Index(self._used, 2)
+            self._avail_event_field = _Index(self._used, 4 + 8 * n)
             self._generation = self.memory.generation
         assert self._avail is not None and self._used is not None
         return self._desc, self._avail, self._used
@@ -203,15 +232,18 @@ class Virtqueue:
 
     def push_used(self, head: int, length: int) -> None:
         _, _, used = self._views()
+        # the element's slot is beyond used->idx: the driver does not read it yet
         USED_ELEM.pack_into(used, 4 + 8 * (self.used_idx % self.num), head, length)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        U16.pack_into(used, 2, self.used_idx)
+        assert self._used_idx_field is not None
+        self._used_idx_field.store(self.used_idx)
 
     def set_avail_event(self) -> None:
         """Ask for a kick when the driver adds past what efird has consumed (EVENT_IDX)."""
         if self.event_idx:
-            _, _, used = self._views()
-            U16.pack_into(used, 4 + 8 * self.num, self.last_avail_idx)
+            self._views()
+            assert self._avail_event_field is not None
+            self._avail_event_field.store(self.last_avail_idx)
 
     def should_notify(self, old_used: int) -> bool:
         """Does the driver want an interrupt for used entries old_used..used_idx?"""

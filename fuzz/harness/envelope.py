@@ -24,8 +24,6 @@ knows; may_block and describe accept anything.
 from __future__ import annotations
 
 import struct
-import traceback
-from pathlib import Path
 from typing import Any
 
 from efird import envelope as envelope_module
@@ -36,7 +34,7 @@ from efird.efi import guid as g
 from efird.efi.status import Status
 from efird.envelope import HEADER_SIZE, Refusal, describe
 from efird.store.sqlite import SqliteStore
-from fuzz.harness.common import Finding, History, KnownIssues, Reader, quiet_logs, scratch_dir
+from fuzz.harness.common import Finding, History, Reader, quiet_logs, scratch_dir
 
 GUIDS = (
     g.SMM_VARIABLE_PROTOCOL,
@@ -102,20 +100,6 @@ class _RaisingLog:
         return lambda *args, **kwargs: None
 
 
-# Reported to the owner of efird/platform/time_service.py (tests/test_fuzz_regressions.py):
-# SetTime to a valid EFI_TIME more than ~292 years from the host clock overflows the
-# int64 offset it stores (struct.error): the guest gets DEVICE_ERROR.
-KNOWN_SETTIME_OVERFLOW = "settime-offset-overflows-int64"
-
-
-def known_bug(exc: BaseException) -> str | None:
-    frames = {(Path(f.f_code.co_filename).name, f.f_code.co_name)
-              for f, _line in traceback.walk_tb(exc.__traceback__)}
-    if isinstance(exc, struct.error) and ("time_service.py", "set_time") in frames:
-        return KNOWN_SETTIME_OVERFLOW
-    return None
-
-
 def build_request(data: bytes) -> tuple[int, int, bytes]:
     """(domain index, flags, request) for a fuzz input."""
     r = Reader(data)
@@ -145,7 +129,6 @@ class Harness:
         self.dir = scratch_dir("envelope")
         self.created = 0
         self.history = History("envelope")
-        self.known = KnownIssues("envelope")
         self.domains = [self._new_domain(0), self._new_domain(1)]
 
     def _new_domain(self, index: int) -> Domain:
@@ -168,11 +151,6 @@ class Harness:
         self.history.add(data)
         try:
             self.serve(data)
-        except struct.error as exc:
-            known = known_bug(exc)
-            if known is None or not self.known.allow(known):
-                self.history.dump()
-                raise
         except BaseException:
             self.history.dump()
             raise

@@ -292,7 +292,8 @@ class FakeEchoBackend:
 
     def _set_u16(self, c: _Conn, gpa: int, value: int) -> None:
         mm, off = self._gpa(c, gpa, 2)
-        struct.pack_into("@H", mm, off, value & 0xFFFF)
+        with memoryview(mm) as view:  # one 16-bit store: pack_into clears the field first
+            view[off:off + 2].cast("H")[0] = value & 0xFFFF
 
     # -------------------------------------------------------------- data plane
 
