@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
 
 from . import sbkeys
 from .cli import efird_vars, raw_value
@@ -167,19 +170,24 @@ def test_linux_boots_through_the_shim_efivarfs_and_kexec(
 def test_secure_boot_store_guest_sees_it_and_cannot_replace_pk(
         guest: tuple[image.GuestPackages, Path], store: Path, tmp_path: Path,
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Enrolled PK/KEK/db: the kernel sees SecureBoot=1 (and locks itself down, so no
-    kexec here), and an unsigned PK write from the guest is refused. This boot uses the
-    64-bit EFI handover entry."""
+    """Enrolled PK/KEK/db: the kernel sees SecureBoot=1 and locks itself down, an unsigned
+    PK write from the guest is refused, and kexec still works through kexec_file_load (the
+    locked-down kernel refuses kexec_load; Debian's kernel is signed by a key it trusts).
+    This boot uses the 64-bit EFI handover entry."""
     pkgs, initrd = guest
     d = sbkeys.session_dir(tmp_path_factory)
     keys = {n: sbkeys.make_keypair(d, f"boot-{n}", f"boot {n}") for n in ("pk", "kek", "db")}
+    # db also holds the certificate Debian signed the kernel with, as a real db holds the
+    # vendors' certificates: the locked-down kernel verifies the kexec image against it.
+    signer = tmp_path / "kernel-signer.pem"
+    signer.write_bytes(kernel_signer(pkgs.vmlinuz).public_bytes(serialization.Encoding.PEM))
     done = efird_vars(store, "enroll", "--pk", str(keys["pk"].cert_pem_path),
                       "--kek", str(keys["kek"].cert_pem_path),
-                      "--db", str(keys["db"].cert_pem_path))
+                      "--db", str(keys["db"].cert_pem_path), "--db", str(signer))
     assert done.returncode == 0, done.stderr
     pk_before = raw_value(store, "PK", GLOBAL)
     with EfirdDaemon(short_socket(tmp_path.name), store) as daemon:
-        vm, markers = boot(pkgs, initrd, daemon, kexec=False, trypk=True,
+        vm, markers = boot(pkgs, initrd, daemon, kexec=True, trypk=True,
                            options="entry=handover")
         log = vm.console.text
         assert vm.returncode == 0, f"QEMU did not power off cleanly:\n{log[-4000:]}"
@@ -191,8 +199,25 @@ def test_secure_boot_store_guest_sees_it_and_cannot_replace_pk(
     assert sb.fields() == {"SecureBoot": "01", "SetupMode": "00"}, sb
     passed(one, "pk-write", log)
     passed(one, "write", log)  # ordinary variables still work
-    passed(one, "done", log)
+    assert passed(one, "kexec-load", log)["syscall"] == "kexec_file_load"
+    two = by_step(markers, 2)
+    (sb2,) = two["secureboot"]
+    assert sb2.fields() == {"SecureBoot": "01", "SetupMode": "00"}, sb2
+    passed(two, "check-newvar", log)
+    passed(two, "done", log)
     assert raw_value(store, "PK", GLOBAL) == pk_before
+
+
+def kernel_signer(vmlinuz: Path) -> x509.Certificate:
+    """The leaf certificate of the kernel's Authenticode signature (PE data directory 4)."""
+    data = vmlinuz.read_bytes()
+    opt = struct.unpack_from("<I", data, 0x3C)[0] + 24
+    offset, _size = struct.unpack_from("<II", data, opt + 112 + 4 * 8)
+    length, _revision, _kind = struct.unpack_from("<IHH", data, offset)
+    certs = pkcs7.load_der_pkcs7_certificates(data[offset + 8: offset + length])
+    issuers = {c.issuer for c in certs}
+    (leaf,) = [c for c in certs if c.subject not in issuers] or certs[:1]
+    return leaf
 
 
 def test_shim_without_efird_stops_with_a_message(guest: tuple[image.GuestPackages, Path]
