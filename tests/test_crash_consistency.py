@@ -97,7 +97,14 @@ def _round(daemon: EfirdDaemon, rng: random.Random, acked: dict[str, int], seq: 
         assert check(name, result.data) >= last, f"acknowledged {name}={last} lost"
     delay = rng.uniform(0.0, 0.08)
     assert daemon.proc is not None
-    killer = threading.Timer(delay, daemon.proc.send_signal, (signal.SIGKILL,))
+    killed_at: list[float] = []
+    proc = daemon.proc
+
+    def kill() -> None:
+        killed_at.append(time.monotonic())
+        proc.send_signal(signal.SIGKILL)
+
+    killer = threading.Timer(delay, kill)
     killer.start()
     deadline = time.monotonic() + 5
     try:
@@ -108,8 +115,13 @@ def _round(daemon: EfirdDaemon, rng: random.Random, acked: dict[str, int], seq: 
                 acked[name] = seq
             seq += 1
         raise AssertionError("the daemon was not killed")
-    except (VhostUserError, OSError):
-        pass  # killed mid-storm: the point
+    except (VhostUserError, OSError) as exc:
+        # killed mid-storm: the point. The error must be the kill, seen promptly; a request
+        # that timed out before or long after it would be a hang, not a crash.
+        failed_at = time.monotonic()
+        assert killed_at, f"the storm failed before the SIGKILL: {exc!r}"
+        late = failed_at - killed_at[0]
+        assert late < 2.0, f"the frontend noticed the SIGKILL only {late:.1f} s later: {exc!r}"
     finally:
         killer.join()
         front.close()
