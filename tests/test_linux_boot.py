@@ -292,3 +292,21 @@ def test_an_image_that_calls_exit_is_reported_to_the_toolstack(
     assert "boot failed (reported to efird)" in log
     (event,) = [e for e in daemon.events("event") if e.get("kind") == "boot-failed"]
     assert event["status"] == "0x8000000000000001" and event["data"] == "no root device"
+
+
+def test_toolstack_map_without_the_device_bar_is_refused_by_the_shim(
+        guest: tuple[image.GuestPackages, Path], store: Path, tmp_path: Path) -> None:
+    """With `efird serve --memmap`, the BAR must be in the toolstack's map as runtime MMIO,
+    or the kernel could not reach efird after ExitBootServices: the shim says so."""
+    pkgs, _initrd = guest
+    memmap = tmp_path / "vm.memmap"
+    memmap.write_text("0x0 0x9f000 ram\n0x100000 0x3fee0000 ram\n")
+    with EfirdDaemon(short_socket(tmp_path.name), store, "--memmap", str(memmap)) as daemon:
+        vm = GuestVM(kernel=pkgs.vmlinuz, initrd=None, cmdline="console=ttyS0",
+                     efird_socket=daemon.socket, timeout=120).run()
+        vm.cleanup()
+    log = vm.console.text
+    assert vm.returncode == 0, log
+    assert "efird already has a memory map from the toolstack" in log
+    assert "does not cover the device's BAR" in log and "mmio'" in log, log
+    assert "entering the kernel" not in log

@@ -98,6 +98,27 @@ static void build_regions(const EFIRD_HVM_MEMMAP_ENTRY *mm, uint32_t n, const st
     }
 }
 
+/* With a map from the toolstack (`efird serve --memmap`), the runtime services can only
+ * reach the device after ExitBootServices if that map has its BAR as runtime MMIO. */
+static void require_runtime_mmio(const struct rt_device *dev)
+{
+    static uint8_t map[RT_BUFFER_SIZE / 2];
+    uint64_t size = sizeof(map), key, dsize;
+    uint32_t version;
+    EFI_STATUS s = bs_get_memory_map(&size, map, &key, &dsize, &version);
+    if (s) panic("GetMemoryMap failed: 0x%lx", s);
+    for (uint64_t off = 0; off + dsize <= size; off += dsize) {
+        const EFI_MEMORY_DESCRIPTOR_T *d = (const EFI_MEMORY_DESCRIPTOR_T *)(map + off);
+        uint64_t end = d->PhysicalStart + d->NumberOfPages * PAGE_SIZE;
+        if (d->PhysicalStart <= dev->bar_phys && dev->bar_phys + dev->bar_size <= end &&
+            d->Type == EfiMemoryMappedIO && (d->Attribute & (1ull << 63)))
+            return;
+    }
+    panic("the toolstack's memory map for efird (--memmap) does not cover the device's BAR "
+          "0x%lx+0x%lx as runtime MMIO; add the line '0x%lx 0x%lx mmio'",
+          dev->bar_phys, dev->bar_size, dev->bar_phys, dev->bar_size);
+}
+
 /* ---- early mappings for a BAR above 4 GiB -------------------------------------------------- */
 extern uint64_t early_pml4[512];
 static uint64_t spare[8][512] __attribute__((aligned(4096)));
@@ -320,9 +341,10 @@ void shim_main(struct hvm_start_info *si)
     memcpy(rt_buffer + DATA_AT, &im, sizeof(im));
     memcpy(rt_buffer + DATA_AT + sizeof(im), regions, nregions * sizeof(regions[0]));
     s = rt_service(&g_mem, EFIRD_BOOTMEM_INIT_MEMORY_MAP, sizeof(im) + nregions * sizeof(regions[0]), 0);
-    if (s == EFI_ERR(20) /* ALREADY_STARTED: the toolstack gave efird a map */)
+    if (s == EFI_ERR(20) /* ALREADY_STARTED: the toolstack gave efird a map */) {
         printf("efird-shim: efird already has a memory map from the toolstack\n");
-    else if (s)
+        require_runtime_mmio(&dev);
+    } else if (s)
         panic("efird refused the memory map (%d regions): 0x%lx", nregions, s);
     uint64_t img_start = (uint64_t)(uintptr_t)__image_start, rt_start = (uint64_t)(uintptr_t)__rt_start;
     uint64_t rt_end = (uint64_t)(uintptr_t)__rt_end;

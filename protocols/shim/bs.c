@@ -61,8 +61,8 @@ static EFIAPI EFI_STATUS free_pages(uint64_t memory, uint64_t pages)
     return exited ? EFI_UNSUPPORTED : bs_free_pages(memory, pages);
 }
 
-static EFIAPI EFI_STATUS get_memory_map(uint64_t *size, void *map, uint64_t *key,
-                                        uint64_t *desc_size, uint32_t *version)
+EFIAPI EFI_STATUS bs_get_memory_map(uint64_t *size, void *map, uint64_t *key,
+                                    uint64_t *desc_size, uint32_t *version)
 {
     if (!size || !key || !desc_size || !version || (*size && !map)) return EFI_INVALID_PARAMETER;
     uint64_t room = RT_BUFFER_SIZE - DATA_AT - sizeof(EFIRD_GET_MEMORY_MAP);
@@ -330,7 +330,7 @@ void bs_init(EFI_SYSTEM_TABLE *st, const CHAR16 *options, uint32_t options_size,
     bs.Slot[BS_RESTORE_TPL] = (void *)restore_tpl;
     bs.Slot[BS_ALLOCATE_PAGES] = (void *)allocate_pages;
     bs.Slot[BS_FREE_PAGES] = (void *)free_pages;
-    bs.Slot[BS_GET_MEMORY_MAP] = (void *)get_memory_map;
+    bs.Slot[BS_GET_MEMORY_MAP] = (void *)bs_get_memory_map;
     bs.Slot[BS_ALLOCATE_POOL] = (void *)allocate_pool;
     bs.Slot[BS_FREE_POOL] = (void *)free_pool;
     bs.Slot[BS_HANDLE_PROTOCOL] = (void *)handle_protocol;

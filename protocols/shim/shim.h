@@ -114,6 +114,8 @@ void bs_init(EFI_SYSTEM_TABLE *st, const CHAR16 *options, uint32_t options_size,
              struct boot_image *img, uint16_t initrd_select, uint32_t initrd_size);
 EFI_STATUS bs_allocate_pages(uint32_t type, uint32_t mtype, uint64_t pages, uint64_t *addr);
 EFI_STATUS bs_free_pages(uint64_t addr, uint64_t pages);
+EFIAPI EFI_STATUS bs_get_memory_map(uint64_t *size, void *map, uint64_t *key,
+                                    uint64_t *desc_size, uint32_t *version);
 extern EFI_HANDLE g_image_handle;
 extern uint64_t g_ebs_tsc;
 
