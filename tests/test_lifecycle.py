@@ -188,3 +188,30 @@ def test_toolstack_soft_reset_is_a_kexec(work: Path) -> None:
         assert c.parse_get_memory_map(call(front, c.get_memory_map(4096)))[0] is Status.SUCCESS
     assert [e["kind"] for e in daemon.events("event")] == ["kexec"]
     daemon.stop()
+
+
+def test_toolstack_platform_reset_gives_a_restarted_vm_a_fresh_boot(work: Path) -> None:
+    """A guest went past ExitBootServices and its VM was restarted without ResetSystem: the
+    next boot's InitMemoryMap is refused until the toolstack says `platform-reset`, which
+    clears what a cold reset clears and keeps the non-volatile variables."""
+    daemon = EfirdDaemon(work / "a.sock", work / "a.efivars", "--domain", "vm1",
+                         "--control", str(work / "a.ctl")).start()
+    ctl = ControlClient(work / "a.ctl")
+    layout = [(0, 0x9F000, 1), (0x100000, 0x7F00000, 1)]
+    with attach(daemon) as front:
+        assert c.return_status(call(front, c.init_memory_map(layout))) is Status.SUCCESS
+        call(front, c.set_variable(VENDOR, "Volatile", 6, b"gone after reset"))
+        call(front, c.set_variable(VENDOR, "Durable", 7, b"kept"))
+        key = c.parse_get_memory_map(call(front, c.get_memory_map(4096)))[2]
+        assert c.return_status(call(front, c.exit_boot_services(key))) is Status.SUCCESS
+        # the VM is restarted; its new boot path is refused while efird is in runtime
+        assert c.return_status(call(front, c.init_memory_map(layout))) is Status.UNSUPPORTED
+        assert ctl.platform_reset() == {}
+        assert ctl.status()["phase"]["runtime"] is False
+        assert c.return_status(call(front, c.init_memory_map(layout))) is Status.SUCCESS
+        gone = c.parse_get_variable(call(front, c.get_variable(VENDOR, "Volatile", 32)))
+        assert gone.status is Status.NOT_FOUND
+        kept = c.parse_get_variable(call(front, c.get_variable(VENDOR, "Durable", 32)))
+        assert kept.data == b"kept"
+    assert [(e["kind"], e.get("type")) for e in daemon.events("event")] == [("reset", "toolstack")]
+    daemon.stop()

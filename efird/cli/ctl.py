@@ -89,6 +89,8 @@ def add_parser(sub: Any) -> None:
                          help="read the blob from FILE instead of base64 on stdin")
     command("reload", "re-read the variable store from disk")
     command("soft-reset", "kexec / Xen soft reset: keep runtime state, fresh boot path")
+    command("platform-reset", "the VM was reset or restarted without ResetSystem: volatile "
+                              "variables, boot phase and boot path start afresh")
     command("stop", "stop the daemon")
     take = command("take-ownership", "fleet store (etcd): make this daemon the domain's "
                                      "owner (the one that writes)")
@@ -167,6 +169,12 @@ def _status(client: ControlClient, args: argparse.Namespace) -> int:
 def _soft_reset(client: ControlClient, args: argparse.Namespace) -> int:
     result = client.soft_reset()
     _emit(args, result, "soft reset done: runtime state kept, boot path fresh")
+    return 0
+
+
+def _platform_reset(client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.platform_reset()
+    _emit(args, result, "platform reset done: volatile state and boot path fresh")
     return 0
 
 
@@ -278,5 +286,6 @@ _COMMANDS = {
     "restore-state": _restore,
     "reload": _reload,
     "soft-reset": _soft_reset,
+    "platform-reset": _platform_reset,
     "stop": _stop,
 }

@@ -165,6 +165,11 @@ class ControlClient:
         """The toolstack's kexec / soft reset (Xen SHUTDOWN_soft_reset)."""
         return self.request(p.SOFT_RESET)
 
+    def platform_reset(self) -> dict[str, Any]:
+        """The VM was reset or restarted without ResetSystem: start the domain's volatile
+        state and boot path afresh, as a cold reset would."""
+        return self.request(p.PLATFORM_RESET)
+
     def take_ownership(self, wait: int = 0) -> dict[str, Any]:
         """Fleet store: make the daemon the domain's owner, waiting up to `wait` seconds
         for the current owner to let go (ControlError "owned" if it does not)."""

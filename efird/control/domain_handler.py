@@ -176,6 +176,15 @@ class DomainControl:
             refresh()
         self.domain.variables.reload()
 
+    async def platform_reset(self) -> dict[str, Any]:
+        await self.device.lock.acquire()
+        try:
+            self.domain.platform_reset()
+        finally:
+            self.device.lock.release()
+        self.domain.emit("reset", type="toolstack")
+        return {}
+
     async def reload_store(self) -> dict[str, Any]:
         try:
             await self._between_requests(self._reload)

@@ -26,6 +26,8 @@ MAX_LINE = 16 * 1024 * 1024
 
 STATUS, EVENTS, SAVE_STATE, RESTORE_STATE, RELOAD_STORE, STOP, SOFT_RESET = (
     "status", "events", "save-state", "restore-state", "reload-store", "stop", "soft-reset")
+# a reset the guest did not ask for through ResetSystem (the VM was restarted or reset)
+PLATFORM_RESET = "platform-reset"
 # the fleet store's ownership handoff (docs/etcd.md)
 TAKE_OWNERSHIP, RELEASE_OWNERSHIP = "take-ownership", "release-ownership"
 # `efird vars` on a served store (efird/control/vars_ops.py)
@@ -43,6 +45,7 @@ ARGUMENTS: dict[str, dict[str, type]] = {
     RELOAD_STORE: {},
     STOP: {},
     SOFT_RESET: {},
+    PLATFORM_RESET: {},
     TAKE_OWNERSHIP: {"wait": int},
     RELEASE_OWNERSHIP: {},
     VARS_LIST: {},

@@ -70,6 +70,10 @@ class ControlHandler(Protocol):
         """kexec / Xen soft reset: keep runtime state, give the next kernel a boot path."""
         ...
 
+    async def platform_reset(self) -> dict[str, Any]:
+        """A reset the guest did not announce: volatile state and the boot path afresh."""
+        ...
+
     async def vars_request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """One of protocol.VARS_OPS: `efird vars` on the served store."""
         ...
@@ -376,6 +380,8 @@ class _Connection:
             return {}
         if request.op == p.SOFT_RESET:
             return await handler.soft_reset()
+        if request.op == p.PLATFORM_RESET:
+            return await handler.platform_reset()
         if request.op in p.VARS_OPS:
             return await handler.vars_request(request.op, request.args)
         if request.op in (p.TAKE_OWNERSHIP, p.RELEASE_OWNERSHIP):
