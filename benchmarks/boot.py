@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -73,6 +74,7 @@ def run() -> list[Figure]:
         ovmf_entry.append(seed[0] * 1e3)
         ovmf_linux.append(linux * 1e3)
     vm = shim_boot(ROUNDS, options="selftest=500", stop_at="entering the kernel")
+    shutil.rmtree(work, ignore_errors=True)
     tests = {m[1]: float(m[2]) for m in SELFTEST.finditer(vm.console.text)}
     if "GetVariable(SecureBoot)" not in tests or "refused request (floor)" not in tests:
         raise RuntimeError("shim self-test missing:\n" + vm.console.text[-3000:])
