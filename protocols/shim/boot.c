@@ -56,7 +56,7 @@ static void sort_spans(struct span *s, int n)
  * device's BAR) as efird's region kinds, page-aligned and without overlaps: RAM is
  * trimmed inward and loses whatever any other region covers. */
 static void build_regions(const EFIRD_HVM_MEMMAP_ENTRY *mm, uint32_t n, const struct acpi_info *acpi,
-                          uint64_t smb[2][2], int nsmb, const struct rt_device *dev)
+                          const uint64_t smb[2], const struct rt_device *dev)
 {
     static struct span special[MAX_REGIONS], ram[MAX_REGIONS];
     int ns = 0, nr = 0;
@@ -70,8 +70,8 @@ static void build_regions(const EFIRD_HVM_MEMMAP_ENTRY *mm, uint32_t n, const st
     }
     for (int i = 0; i < acpi->nranges; i++)
         special[ns++] = (struct span){ acpi->ranges[i][0], acpi->ranges[i][1], 3 };
-    for (int i = 0; i < nsmb; i++)
-        special[ns++] = (struct span){ smb[i][0] & ~(PAGE_SIZE - 1), ALIGN_UP(smb[i][0] + smb[i][1], PAGE_SIZE), 2 };
+    if (smb[1])
+        special[ns++] = (struct span){ smb[0] & ~(PAGE_SIZE - 1), ALIGN_UP(smb[0] + smb[1], PAGE_SIZE), 2 };
     special[ns++] = (struct span){ 0xf0000, 0x100000, 2 }; /* BIOS area: SMBIOS, RSDP */
     special[ns++] = (struct span){ dev->bar_phys, dev->bar_phys + ALIGN_UP(dev->bar_size, PAGE_SIZE), EFIRD_REGION_MMIO };
     sort_spans(special, ns);
@@ -332,11 +332,11 @@ void shim_main(struct hvm_start_info *si)
     if (s) panic("efird refused GetPayloadSize: 0x%lx", s);
 
     /* The memory map. */
-    uint64_t smb[2][2];
-    int nsmb = 0, smb3 = 0;
-    uint64_t smbios = smbios_find(&smb3, smb, &nsmb);
+    uint64_t smb[2];
+    int smb3 = 0;
+    uint64_t smbios = smbios_find(&smb3, smb);
     build_regions((const EFIRD_HVM_MEMMAP_ENTRY *)(uintptr_t)si->memmap_paddr, si->memmap_entries,
-                  &acpi, smb, nsmb, &dev);
+                  &acpi, smb, &dev);
     EFIRD_INIT_MEMORY_MAP im = { (uint64_t)nregions, 0, };
     memcpy(rt_buffer + DATA_AT, &im, sizeof(im));
     memcpy(rt_buffer + DATA_AT + sizeof(im), regions, nregions * sizeof(regions[0]));

@@ -104,7 +104,7 @@ static EFIAPI EFI_STATUS exit_boot_services(EFI_HANDLE image, uint64_t key)
 }
 
 /* ---- pool: a bump arena in EfiBootServicesData; FreePool returns the last block ------------ */
-static uint8_t *pool_base, *pool_top, *pool_end, *pool_last;
+static uint8_t *pool_top, *pool_end, *pool_last;
 #define POOL_PAGES 256 /* 1 MiB; larger blocks get pages of their own */
 
 static EFIAPI EFI_STATUS allocate_pool(uint32_t type, uint64_t size, void **buffer)
@@ -321,8 +321,8 @@ void bs_init(EFI_SYSTEM_TABLE *st, const CHAR16 *options, uint32_t options_size,
     uint64_t pool = 0;
     if (bs_allocate_pages(AllocateAnyPages, EfiBootServicesData, POOL_PAGES, &pool) != EFI_SUCCESS)
         panic("no memory for the boot-services pool");
-    pool_base = pool_top = (uint8_t *)(uintptr_t)pool;
-    pool_end = pool_base + POOL_PAGES * PAGE_SIZE;
+    pool_top = (uint8_t *)(uintptr_t)pool;
+    pool_end = pool_top + POOL_PAGES * PAGE_SIZE;
 
     bs.Hdr = (EFI_TABLE_HEADER){ EFI_BOOT_SERVICES_SIGNATURE, EFI_REVISION_2_70, sizeof(bs), 0, 0 };
     for (int i = 0; i < BS_COUNT; i++) bs.Slot[i] = (void *)unsupported;

@@ -323,26 +323,22 @@ uint64_t tsc_calibrate(uint16_t pm_tmr)
     return (c1 - c0) * 3579545ull / ((uint64_t)elapsed * 1000ull);
 }
 
-/* SMBIOS entry points in the BIOS area (SeaBIOS puts them at 0xf0000-0xfffff). */
-uint64_t smbios_find(int *v3, uint64_t ranges[2][2], int *nranges)
+/* The SMBIOS entry point in the BIOS area (SeaBIOS puts it at 0xf0000-0xfffff), 0 if
+ * none; *table gets the structure table's address and length. */
+uint64_t smbios_find(int *v3, uint64_t table[2])
 {
-    *nranges = 0;
+    table[0] = table[1] = 0;
     for (uint64_t a = 0xf0000; a < 0x100000; a += 16) {
         const uint8_t *p = (const uint8_t *)(uintptr_t)a;
-        if (!memcmp(p, "_SM3_", 5)) {
-            uint32_t len; uint64_t table;
-            memcpy(&len, p + 12, 4);
-            memcpy(&table, p + 16, 8);
-            ranges[0][0] = table; ranges[0][1] = len; *nranges = 1;
-            *v3 = 1;
+        *v3 = !memcmp(p, "_SM3_", 5);
+        if (*v3) { /* 3.0: u32 maximum size at 12, u64 address at 16 */
+            memcpy(&table[1], p + 12, 4);
+            memcpy(&table[0], p + 16, 8);
             return a;
         }
-        if (!memcmp(p, "_SM_", 4)) {
-            uint16_t len; uint32_t table;
-            memcpy(&len, p + 0x16, 2);
-            memcpy(&table, p + 0x18, 4);
-            ranges[0][0] = table; ranges[0][1] = len; *nranges = 1;
-            *v3 = 0;
+        if (!memcmp(p, "_SM_", 4)) { /* 2.x: u16 length at 0x16, u32 address at 0x18 */
+            memcpy(&table[1], p + 0x16, 2);
+            memcpy(&table[0], p + 0x18, 4);
             return a;
         }
     }

@@ -97,7 +97,7 @@ struct acpi_info {
 };
 void acpi_scan(uint64_t rsdp, struct acpi_info *out);
 uint64_t tsc_calibrate(uint16_t pm_tmr);
-uint64_t smbios_find(int *v3, uint64_t ranges[2][2], int *nranges);
+uint64_t smbios_find(int *v3, uint64_t table[2]);
 void idt_install(void);
 extern uint64_t g_tsc_per_ms;
 
